@@ -1,0 +1,112 @@
+//! `lockstep.json`, the commit marker. It is written last: its presence says every other
+//! object of the artifact is complete, and it records what a person or a later restore
+//! needs to trust the artifact (per-object sha256, sizes, timings, lock window).
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MARKER_FILE: &str = "lockstep.json";
+/// Bumped when a reader of an older version could misread a newer artifact.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    pub format_version: u32,
+    pub tool_version: String,
+    pub deployment: String,
+    pub artifact: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    /// Taken with `--unsafe-lock-free`: the jobs were not locked, the artifact may be
+    /// inconsistent.
+    pub lock_free: bool,
+    /// Every stored object other than this marker, by file name.
+    pub objects: BTreeMap<String, StoredObject>,
+    /// Seconds spent per phase (`discover`, `lock`, `backup`, `unlock`, `drain`, `cleanup`).
+    pub phases: BTreeMap<String, f64>,
+    /// Seconds from the first lock script starting to the last unlock script ending: how
+    /// long the platform's API was unavailable. `None` for a lock-free backup.
+    pub lock_window_seconds: Option<f64>,
+    /// Non-fatal problems seen while taking the backup (an unlock that failed after the
+    /// data was safe, a cleanup failure).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Who took it: Concourse build variables and the like, when known.
+    #[serde(default)]
+    pub origin: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// Bytes as stored.
+    pub size: u64,
+    /// sha256 of the bytes as stored.
+    pub sha256: String,
+}
+
+impl CommitMarker {
+    pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
+        let mut v = serde_json::to_vec_pretty(self).context("serialising lockstep.json")?;
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    pub fn from_json(data: &[u8]) -> anyhow::Result<Self> {
+        let m: CommitMarker = serde_json::from_slice(data).context("lockstep.json is malformed")?;
+        if m.format_version > FORMAT_VERSION {
+            bail!(
+                "lockstep.json has format version {}, this lockstep reads up to {}: upgrade lockstep",
+                m.format_version,
+                FORMAT_VERSION
+            );
+        }
+        Ok(m)
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.objects.values().map(|o| o.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CommitMarker {
+        CommitMarker {
+            format_version: FORMAT_VERSION,
+            tool_version: "0.1.0".into(),
+            deployment: "cf".into(),
+            artifact: "cf_20240102T030405Z".into(),
+            started_at: "2024-01-02T03:04:05Z".into(),
+            finished_at: "2024-01-02T03:05:05Z".into(),
+            lock_free: false,
+            objects: [("web-0-nginx.tar".to_string(), StoredObject { size: 10240, sha256: "ab".repeat(32) })]
+                .into_iter()
+                .collect(),
+            phases: [("lock".to_string(), 0.5)].into_iter().collect(),
+            lock_window_seconds: Some(1.25),
+            warnings: vec![],
+            origin: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        assert_eq!(CommitMarker::from_json(&m.to_json().unwrap()).unwrap(), m);
+        assert_eq!(m.total_size(), 10240);
+    }
+
+    #[test]
+    fn rejects_newer_formats_and_garbage() {
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION + 1;
+        let err = CommitMarker::from_json(&m.to_json().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("upgrade lockstep"), "{err}");
+        assert!(CommitMarker::from_json(b"{\"format_version\": 1").is_err());
+        assert!(CommitMarker::from_json(b"{}").is_err());
+    }
+}

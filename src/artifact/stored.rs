@@ -1,0 +1,230 @@
+//! An artifact in a [`Store`]: writing its objects and committing it, opening and
+//! verifying it, listing the committed ones.
+
+use super::marker::{CommitMarker, StoredObject, MARKER_FILE};
+use super::metadata::{BackupMetadata, METADATA_FILE};
+use super::parse_artifact_name;
+use super::tar_hash::{Checksums, TarHasher};
+use crate::metered::MeteredReader;
+use crate::store::{self, NotFound, ObjectWriter, Store};
+use anyhow::{anyhow, bail, Context};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tokio::io::AsyncReadExt;
+
+/// Writes one artifact. Objects are recorded as they are committed; nothing is visible as
+/// an artifact until [`ArtifactWriter::commit`] writes the marker.
+pub struct ArtifactWriter<'s> {
+    store: &'s dyn Store,
+    name: String,
+    objects: Mutex<BTreeMap<String, StoredObject>>,
+}
+
+impl<'s> ArtifactWriter<'s> {
+    pub fn new(store: &'s dyn Store, name: impl Into<String>) -> Self {
+        ArtifactWriter { store, name: name.into(), objects: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(&self, file: &str) -> String {
+        format!("{}/{}", self.name, file)
+    }
+
+    pub async fn create(&self, file: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        self.store.create(&self.key(file)).await
+    }
+
+    /// Notes a committed object for the marker.
+    pub fn record(&self, file: &str, object: StoredObject) {
+        self.objects.lock().unwrap().insert(file.to_string(), object);
+    }
+
+    pub async fn put(&self, file: &str, data: &[u8]) -> anyhow::Result<()> {
+        use sha2::{Digest, Sha256};
+        let size = store::write_all(self.store, &self.key(file), data).await?;
+        self.record(file, StoredObject { size, sha256: hex::encode(Sha256::digest(data)) });
+        Ok(())
+    }
+
+    pub fn objects(&self) -> BTreeMap<String, StoredObject> {
+        self.objects.lock().unwrap().clone()
+    }
+
+    /// Writes `metadata`, then the marker: after this the artifact exists.
+    pub async fn commit(&self, metadata: &BackupMetadata, mut marker: CommitMarker) -> anyhow::Result<()> {
+        self.put(METADATA_FILE, metadata.to_yaml()?.as_bytes()).await?;
+        marker.objects = self.objects();
+        store::write_all(self.store, &self.key(MARKER_FILE), &marker.to_json()?).await?;
+        Ok(())
+    }
+
+    /// Deletes whatever this writer stored: a failed backup leaves nothing half-written.
+    pub async fn discard(&self) -> anyhow::Result<()> {
+        let prefix = format!("{}/", self.name);
+        for obj in self.store.list(&prefix).await? {
+            self.store.delete(&obj.key).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A committed artifact (or, when asked for, a bbr artifact without a marker).
+#[derive(Debug, Clone)]
+pub struct StoredArtifact {
+    pub name: String,
+    pub marker: Option<CommitMarker>,
+    pub metadata: BackupMetadata,
+}
+
+/// One tar file the metadata lists, with where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactEntry {
+    /// `None` for a custom artifact (bbr's `backup_one_restore_all`).
+    pub instance: Option<(String, String)>,
+    /// Job name, or the custom artifact's name.
+    pub name: String,
+    pub file: String,
+    pub checksums: Checksums,
+}
+
+impl StoredArtifact {
+    pub fn entries(&self) -> Vec<ArtifactEntry> {
+        let mut out = Vec::new();
+        for inst in &self.metadata.instances {
+            for a in &inst.artifacts {
+                out.push(ArtifactEntry {
+                    instance: Some((inst.name.clone(), inst.index.clone())),
+                    name: a.name.clone(),
+                    file: format!("{}-{}-{}.tar", inst.name, inst.index, a.name),
+                    checksums: a.checksums.clone(),
+                });
+            }
+        }
+        for c in &self.metadata.custom_artifacts {
+            out.push(ArtifactEntry { instance: None, name: c.name.clone(), file: format!("{}.tar", c.name), checksums: c.checksums.clone() });
+        }
+        out
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotFound>().is_some()
+}
+
+/// Opens an artifact. Without a marker it is refused, unless `accept_bbr` (restore from
+/// a directory named on the command line): then a `metadata` file is enough.
+pub async fn open(store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Result<StoredArtifact> {
+    let marker = match store::read_all(store, &format!("{name}/{MARKER_FILE}")).await {
+        Ok(data) => Some(CommitMarker::from_json(&data).with_context(|| format!("artifact {name}"))?),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(e.context(format!("reading {name}/{MARKER_FILE}"))),
+    };
+    let metadata = match store::read_all(store, &format!("{name}/{METADATA_FILE}")).await {
+        Ok(data) => {
+            let text = String::from_utf8(data).map_err(|_| anyhow!("{name}/metadata is not UTF-8 text"))?;
+            BackupMetadata::from_yaml(&text).with_context(|| format!("artifact {name}"))?
+        }
+        Err(e) if is_not_found(&e) => {
+            if marker.is_some() {
+                bail!("artifact {name} is damaged: it has {MARKER_FILE} but no metadata file");
+            }
+            bail!(
+                "no backup artifact {name} in {}: it does not exist, or it is incomplete (no metadata and no {MARKER_FILE})",
+                store.describe()
+            );
+        }
+        Err(e) => return Err(e.context(format!("reading {name}/metadata"))),
+    };
+    if marker.is_none() && !accept_bbr {
+        bail!("artifact {name} in {} is not committed (no {MARKER_FILE}): it is incomplete", store.describe());
+    }
+    Ok(StoredArtifact { name: name.to_string(), marker, metadata })
+}
+
+/// What verification found wrong with one file of an artifact.
+pub type Problems = Vec<String>;
+
+/// Compares two checksum maps the way a person wants to read the difference.
+pub fn compare_checksums(expected: &Checksums, actual: &Checksums) -> Problems {
+    let mut problems = Vec::new();
+    for (path, want) in expected {
+        match actual.get(path) {
+            None => problems.push(format!("{path} is missing")),
+            Some(got) if got != want => problems.push(format!("{path} has sha256 {got}, expected {want}")),
+            Some(_) => {}
+        }
+    }
+    for path in actual.keys().filter(|p| !expected.contains_key(*p)) {
+        problems.push(format!("{path} is not in the metadata"));
+    }
+    problems
+}
+
+/// Re-reads one stored tar: checksums of its files and sha256/size of the stored bytes.
+pub async fn hash_object(store: &dyn Store, key: &str) -> anyhow::Result<(Checksums, u64, String)> {
+    let reader = store.open(key).await?;
+    let mut metered = MeteredReader::new(reader);
+    let mut hasher = TarHasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = metered.read(&mut buf).await.with_context(|| format!("reading {key}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]).with_context(|| format!("{key} is not a valid tar"))?;
+    }
+    let sums = hasher.finish().with_context(|| format!("{key} is not a complete tar"))?;
+    let (_, size, sha) = metered.into_parts();
+    Ok((sums, size, sha))
+}
+
+/// Verifies every file of an artifact against its metadata (and its marker's object
+/// hashes when there is one). Returns one line per problem, naming the file and job.
+pub async fn verify(store: &dyn Store, art: &StoredArtifact) -> Problems {
+    let mut problems = Vec::new();
+    for entry in art.entries() {
+        let key = format!("{}/{}", art.name, entry.file);
+        match hash_object(store, &key).await {
+            Ok((sums, size, sha)) => {
+                for p in compare_checksums(&entry.checksums, &sums) {
+                    problems.push(format!("{} ({}): {p}", entry.file, entry.name));
+                }
+                if let Some(obj) = art.marker.as_ref().and_then(|m| m.objects.get(&entry.file)) {
+                    if obj.size != size || obj.sha256 != sha {
+                        problems.push(format!(
+                            "{}: stored object changed since it was written (size {size}, sha256 {sha}; lockstep.json says size {}, sha256 {})",
+                            entry.file, obj.size, obj.sha256
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{} ({}): {e:#}", entry.file, entry.name)),
+        }
+    }
+    if let Some(m) = &art.marker {
+        let listed: Vec<String> = art.entries().into_iter().map(|e| e.file).collect();
+        for file in m.objects.keys().filter(|f| f.ends_with(".tar") && !listed.contains(f)) {
+            problems.push(format!("{file} is in lockstep.json but not in the metadata"));
+        }
+    }
+    problems
+}
+
+/// Committed artifacts in a store, oldest first (by the time in their names).
+pub async fn list(store: &dyn Store) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<(chrono::DateTime<chrono::Utc>, String)> = store
+        .list("")
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.strip_suffix(&format!("/{MARKER_FILE}"))?.to_string();
+            let (_, at) = parse_artifact_name(&name)?;
+            Some((at, name))
+        })
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|(_, n)| n).collect())
+}

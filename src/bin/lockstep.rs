@@ -1,0 +1,15 @@
+//! The `lockstep` CLI: parse, run, exit with bbr's exit-code bits.
+use clap::Parser;
+
+fn main() {
+    let cli = lockstep::cli::Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(lockstep::cli::run(cli));
+    std::process::exit(code);
+}

@@ -1,0 +1,264 @@
+//! The BBR operations on one instance, and their implementation as shell commands over
+//! any [`Transport`]. The orchestration talks only to the [`Instance`] trait, so tests
+//! can wrap a real instance and fail any operation on cue.
+
+use crate::artifact::tar_hash::Checksums;
+use crate::model::{InstanceId, ScriptKind};
+use crate::shell::{is_env_name, quote};
+use crate::transport::{exec_capture, ExecStatus, Reader, Transport, Writer};
+use anyhow::{anyhow, bail, Context};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Where BBR jobs live and where their artifacts are staged, relative to the instance root.
+pub const JOBS_DIR: &str = "/var/vcap/jobs";
+pub const ARTIFACT_ROOT: &str = "/var/vcap/store/bbr-backup";
+
+/// A BBR script found on an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundScript {
+    pub job: String,
+    pub kind: ScriptKind,
+}
+
+#[async_trait]
+pub trait Instance: Send + Sync {
+    fn id(&self) -> &InstanceId;
+    /// Where the instance is, for messages (`vcap@10.0.0.5:22`).
+    fn address(&self) -> String;
+
+    /// Every `/var/vcap/jobs/<job>/bin/bbr/<script>` with one of the seven names.
+    async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>>;
+    /// Runs a script with extra environment variables; returns its stdout.
+    async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>>;
+    /// The value of `BBR_ARTIFACT_DIRECTORY` for an artifact (with a trailing slash).
+    fn artifact_dir(&self, artifact: &str) -> String;
+    /// Does `/var/vcap/store/bbr-backup` exist?
+    async fn artifact_root_exists(&self) -> anyhow::Result<bool>;
+    async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
+    /// Size in bytes of an artifact directory (for progress; approximate).
+    async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64>;
+    /// Streams `tar -c .` of the artifact directory into `out`.
+    async fn stream_artifact(&self, artifact: &str, out: Writer<'_>) -> anyhow::Result<()>;
+    /// sha256 of every regular file of the artifact directory, computed on the instance.
+    async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums>;
+    /// Creates the artifact directory and extracts the tar read from `input` into it.
+    async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()>;
+    /// `rm -rf /var/vcap/store/bbr-backup/<artifact>`, once it is safe elsewhere.
+    async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
+    /// `rm -rf /var/vcap/store/bbr-backup`.
+    async fn remove_artifact_root(&self) -> anyhow::Result<()>;
+}
+
+pub type InstanceRef = Arc<dyn Instance>;
+
+/// [`Instance`] as shell commands over a transport.
+pub struct ShellInstance {
+    id: InstanceId,
+    transport: Box<dyn Transport>,
+}
+
+impl ShellInstance {
+    pub fn new(id: InstanceId, transport: Box<dyn Transport>) -> Self {
+        ShellInstance { id, transport }
+    }
+
+    fn path(&self, p: &str) -> String {
+        format!("{}{}", self.transport.root(), p)
+    }
+
+    fn artifact_path(&self, artifact: &str) -> anyhow::Result<String> {
+        // An artifact name becomes a path component: refuse anything that could escape.
+        if artifact.is_empty() || artifact.contains('/') || artifact == "." || artifact == ".." {
+            bail!("invalid artifact name {artifact:?}");
+        }
+        Ok(self.path(&format!("{ARTIFACT_ROOT}/{artifact}")))
+    }
+
+    /// Runs a command that prints little, failing with its stderr on a non-zero exit.
+    async fn run(&self, what: &str, command: &str) -> anyhow::Result<Vec<u8>> {
+        let (status, out) = exec_capture(self.transport.as_ref(), command)
+            .await
+            .with_context(|| format!("{what} on {} ({})", self.id, self.transport.describe()))?;
+        check(&status).with_context(|| format!("{what} on {}", self.id))?;
+        Ok(out)
+    }
+}
+
+fn check(status: &ExecStatus) -> anyhow::Result<()> {
+    if status.success() { Ok(()) } else { Err(anyhow!(status.describe_failure())) }
+}
+
+/// Parses `sha256sum -z` output: records `<64 hex>  <path>\0`. With `-z` file names are
+/// not escaped, so spaces and newlines in names survive.
+pub fn parse_sha256sum_z(out: &[u8]) -> anyhow::Result<Checksums> {
+    let mut sums = Checksums::new();
+    for record in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        let text = std::str::from_utf8(record).context("non-UTF-8 file name in checksum output")?;
+        let (hash, name) = text
+            .split_once("  ")
+            .ok_or_else(|| anyhow!("unexpected checksum line {text:?}"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("unexpected checksum line {text:?}");
+        }
+        sums.insert(name.to_string(), hash.to_ascii_lowercase());
+    }
+    Ok(sums)
+}
+
+/// Splits `/var/vcap/jobs/<job>/bin/bbr/<name>` into a script, if it is one.
+pub fn parse_script_path(path: &str) -> Option<FoundScript> {
+    let rest = path.strip_prefix(JOBS_DIR)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [job, "bin", "bbr", name] if !job.is_empty() => {
+            Some(FoundScript { job: job.to_string(), kind: ScriptKind::from_file_name(name)? })
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Instance for ShellInstance {
+    fn id(&self) -> &InstanceId {
+        &self.id
+    }
+
+    fn address(&self) -> String {
+        self.transport.describe()
+    }
+
+    async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>> {
+        // The glob must stay unquoted; the root before it is quoted. NUL-separated so any
+        // file name survives.
+        let root = quote(&self.path(JOBS_DIR));
+        let cmd = format!(
+            "for f in {root}/*/bin/bbr/*; do if [ -f \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done"
+        );
+        let out = self.run("finding BBR scripts", &cmd).await?;
+        let prefix = self.transport.root();
+        let mut found = Vec::new();
+        for raw in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            let path = String::from_utf8_lossy(raw);
+            if let Some(s) = path.strip_prefix(prefix).and_then(parse_script_path) {
+                found.push(s);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
+        let mut cmd = String::from("env");
+        for (k, v) in env {
+            if !is_env_name(k) {
+                bail!("invalid environment variable name {k:?}");
+            }
+            cmd.push(' ');
+            cmd.push_str(&quote(&format!("{k}={v}")));
+        }
+        cmd.push(' ');
+        cmd.push_str(&quote(&self.path(&format!("{JOBS_DIR}/{job}/bin/bbr/{kind}"))));
+        let (status, out) = exec_capture(self.transport.as_ref(), &cmd)
+            .await
+            .with_context(|| format!("running {kind} for job {job} on {}", self.id))?;
+        check(&status)?;
+        Ok(out)
+    }
+
+    fn artifact_dir(&self, artifact: &str) -> String {
+        format!("{}/", self.path(&format!("{ARTIFACT_ROOT}/{artifact}")))
+    }
+
+    async fn artifact_root_exists(&self) -> anyhow::Result<bool> {
+        let p = quote(&self.path(ARTIFACT_ROOT));
+        let cmd = format!("if [ -e {p} ] || [ -L {p} ]; then echo yes; else echo no; fi");
+        let out = self.run("checking the artifact directory", &cmd).await?;
+        match String::from_utf8_lossy(&out).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => bail!("unexpected answer {other:?} checking {ARTIFACT_ROOT} on {}", self.id),
+        }
+    }
+
+    async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()> {
+        let cmd = format!("mkdir -p {}", quote(&self.artifact_path(artifact)?));
+        self.run("creating the artifact directory", &cmd).await.map(drop)
+    }
+
+    async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64> {
+        let cmd = format!("du -sk {}", quote(&self.artifact_path(artifact)?));
+        let out = self.run("sizing the artifact", &cmd).await?;
+        let text = String::from_utf8_lossy(&out);
+        let kib: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected du output {text:?}"))?;
+        Ok(kib * 1024)
+    }
+
+    async fn stream_artifact(&self, artifact: &str, out: Writer<'_>) -> anyhow::Result<()> {
+        let cmd = format!("tar -C {} -c .", quote(&self.artifact_path(artifact)?));
+        let status = self
+            .transport
+            .exec(&cmd, None, out)
+            .await
+            .with_context(|| format!("streaming artifact {artifact} from {}", self.id))?;
+        check(&status).with_context(|| format!("tar of artifact {artifact} on {}", self.id))
+    }
+
+    async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums> {
+        let cmd = format!(
+            "cd {} && find . -type f -exec sha256sum -z {{}} +",
+            quote(&self.artifact_path(artifact)?)
+        );
+        let out = self.run("checksumming the artifact", &cmd).await?;
+        parse_sha256sum_z(&out).with_context(|| format!("checksums of {artifact} on {}", self.id))
+    }
+
+    async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()> {
+        let dir = quote(&self.artifact_path(artifact)?);
+        let cmd = format!("mkdir -p {dir} && tar -C {dir} -x");
+        let mut sink = tokio::io::sink();
+        let status = self
+            .transport
+            .exec(&cmd, Some(input), &mut sink)
+            .await
+            .with_context(|| format!("sending artifact {artifact} to {}", self.id))?;
+        check(&status).with_context(|| format!("extracting artifact {artifact} on {}", self.id))
+    }
+
+    async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()> {
+        let cmd = format!("rm -rf {}", quote(&self.artifact_path(artifact)?));
+        self.run("removing the artifact directory", &cmd).await.map(drop)
+    }
+
+    async fn remove_artifact_root(&self) -> anyhow::Result<()> {
+        let cmd = format!("rm -rf {}", quote(&self.path(ARTIFACT_ROOT)));
+        self.run("removing the artifact directory", &cmd).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_paths() {
+        let s = parse_script_path("/var/vcap/jobs/redis/bin/bbr/pre-backup-lock").unwrap();
+        assert_eq!(s, FoundScript { job: "redis".into(), kind: ScriptKind::PreBackupLock });
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/helper.sh").is_none());
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/sub/backup").is_none());
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/backup").is_none());
+    }
+
+    #[test]
+    fn sha256sum_z_output_with_odd_names() {
+        let h = "a".repeat(64);
+        let out = format!("{h}  ./a b\0{h}  ./new\nline\0");
+        let sums = parse_sha256sum_z(out.as_bytes()).unwrap();
+        assert_eq!(sums.len(), 2);
+        assert_eq!(sums["./new\nline"], h);
+        assert!(parse_sha256sum_z(b"zz  ./x\0").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! # lockstep
+//!
+//! Consistent, BBR-compatible backups of BOSH deployments.
+//!
+//! The crate is one library with thin binaries. Its shape, from the inside out:
+//!
+//! - [`model`] and [`lock_order`] are pure: instances, jobs, the seven BBR scripts, job
+//!   metadata, and the Kahn levels that say which jobs lock before which.
+//! - [`orchestrate`] is bbr's workflows (backup, restore, pre-backup-check, the
+//!   cleanups) written as straight-line async functions over three traits at the edges:
+//!   [`target::Target`] finds instances, [`instance::Instance`] runs BBR operations on
+//!   one, [`store::Store`] holds artifacts. It emits [`events::Event`]s and never prints.
+//! - [`instance::ShellInstance`] implements the BBR operations as quoted shell commands
+//!   over a [`transport::Transport`] (local directories here; SSH elsewhere).
+//! - [`artifact`] is the format: bbr's layout and `metadata`, the streaming tar hasher
+//!   that checksums every file while the bytes pass, and the `lockstep.json` commit marker
+//!   written last.
+//! - [`report`] turns events into log lines for a Concourse log and the timings table;
+//!   [`cli`] is the `lockstep` command.
+//!
+//! The data path of a backup reads each byte once: the instance's `tar -c` stdout flows
+//! through the tar hasher into a store object, and the checksums computed on the way are
+//! compared with the instance's own before the object is committed.
+
+pub mod artifact;
+pub mod cli;
+pub mod demo;
+pub mod events;
+pub mod instance;
+pub mod lock_order;
+pub mod metered;
+pub mod model;
+pub mod orchestrate;
+pub mod report;
+pub mod shell;
+pub mod store;
+pub mod target;
+pub mod transport;

@@ -1,0 +1,368 @@
+//! `backup`: bbr's workflow, with the data path streamed into a store.
+//!
+//! ```text
+//! discover -> checks -> lock (levels) -> backup scripts -> unlock (levels reversed, always)
+//!          -> drain (tar stream -> checksums on the fly -> store) -> cleanup -> commit
+//! ```
+
+use super::discover::{discover, Deployment, JobAt};
+use super::{artifact_env, bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
+use crate::artifact::stored::{compare_checksums, ArtifactWriter};
+use crate::artifact::tar_hash::HashingWriter;
+use crate::artifact::{artifact_name, bbr_time, BackupMetadata};
+use crate::events::{Event, Phase};
+use crate::instance::ARTIFACT_ROOT;
+use crate::metered::{percent_steps, MeteredWriter};
+use crate::model::{artifact_file_name, Direction, ScriptKind};
+use crate::store::Store;
+use crate::target::Target;
+use anyhow::{anyhow, Context};
+use chrono::Utc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub unsafe_lock_free: bool,
+    /// Recorded in `lockstep.json` (Concourse build variables and the like).
+    pub origin: BTreeMap<String, String>,
+    /// `manifest.yml` to store beside the artifacts (`--with-manifest`).
+    pub manifest: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+pub struct BackupOutcome {
+    /// The committed artifact, if the backup succeeded far enough to commit one.
+    pub artifact: Option<String>,
+    pub failures: Failures,
+    pub timings: Timings,
+    pub marker: Option<CommitMarker>,
+}
+
+/// Checks that must pass before anything is locked or written (bbr's "Backupable").
+pub async fn backupable_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
+    let mut failures = Failures::default();
+    if dep.jobs_where(|j| j.backupable()).is_empty() {
+        failures.push(FailureKind::General, anyhow!("Deployment '{}' has no backup scripts", dep.name));
+    }
+    failures.extend(artifact_dir_checks(ctx, dep).await);
+    if let Err(e) = dep.lock_levels(Direction::Backup) {
+        failures.push(FailureKind::General, e.into());
+    }
+    failures
+}
+
+/// `/var/vcap/store/bbr-backup` must not exist on any instance; it is left untouched.
+pub(crate) async fn artifact_dir_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
+    let mut failures = Failures::default();
+    let exists = bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().clone(), d.instance.artifact_root_exists().await) }).await;
+    for (id, r) in exists {
+        match r {
+            Ok(false) => {}
+            Ok(true) => failures.push(
+                FailureKind::ArtifactDirExists,
+                anyhow!("Directory {ARTIFACT_ROOT} already exists on instance {id}"),
+            ),
+            Err(e) => failures.push(FailureKind::General, e),
+        }
+    }
+    failures
+}
+
+/// Runs `kind` on every job of `jobs` that has it, at most `max_in_flight` at once.
+/// Returns the errors, each wrapped as bbr words them.
+pub(crate) async fn run_on_jobs(
+    ctx: &Ctx,
+    dep: &Deployment,
+    jobs: &[JobAt],
+    kind: ScriptKind,
+    env: &[(String, String)],
+    can_cancel: bool,
+) -> Vec<anyhow::Error> {
+    let with_script: Vec<JobAt> = jobs.iter().copied().filter(|&at| dep.job(at).1.has(kind)).collect();
+    let results = bounded(ctx.max_in_flight, with_script, |at| async move {
+        let (inst, job) = dep.job(at);
+        let run = script(ctx, inst, &job.name, kind, env);
+        let r = if can_cancel { cancellable(ctx, run).await } else { run.await };
+        r.map_err(|e| {
+            if e.is::<Cancelled>() {
+                e
+            } else {
+                anyhow!("Error attempting to run {kind} for job {} on {}: {e:#}", job.name, inst.id())
+            }
+        })
+    })
+    .await;
+    results.into_iter().filter_map(Result::err).collect()
+}
+
+fn record(failures: &mut Failures, kind: FailureKind, errors: Vec<anyhow::Error>) {
+    for e in errors {
+        let k = if e.is::<Cancelled>() { FailureKind::Cancelled } else { kind };
+        failures.push(k, e);
+    }
+}
+
+/// Takes a backup of `target` into `store`.
+pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &BackupOptions) -> BackupOutcome {
+    let mut out = BackupOutcome::default();
+    let started = Utc::now();
+
+    let dep = match out.timings.phase(ctx, Phase::Discover, discover(ctx, target)).await {
+        Ok(d) => d,
+        Err(e) => {
+            out.failures.push(FailureKind::General, e);
+            return out;
+        }
+    };
+    let checks = out.timings.phase(ctx, Phase::Check, backupable_checks(ctx, &dep)).await;
+    if !checks.is_empty() {
+        out.failures.extend(checks);
+        return out;
+    }
+    let dep = &dep;
+    let levels = dep.lock_levels(Direction::Backup).expect("checked above");
+    for (n, level) in levels.iter().enumerate() {
+        let names: Vec<String> = level.iter().map(|&at| format!("{} on {}", dep.job(at).1.name, dep.job(at).0.id())).collect();
+        ctx.debug(format!("lock level {}: {}", n + 1, names.join(", ")));
+    }
+
+    let name = artifact_name(&dep.name, started);
+    let writer = ArtifactWriter::new(store, &name);
+    ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
+    let mut metadata = BackupMetadata::default();
+    metadata.backup_activity.start_time = bbr_time(started);
+
+    // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
+    // request does. Every level whose lock was attempted is owed its unlock.
+    let mut locked_levels = 0;
+    let mut lock_window_start = None;
+    if opts.unsafe_lock_free {
+        ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
+    } else {
+        let fails = &mut out.failures;
+        out.timings
+            .phase(ctx, Phase::Lock, async {
+                for level in &levels {
+                    if ctx.cancelled() {
+                        break;
+                    }
+                    locked_levels += 1;
+                    lock_window_start.get_or_insert_with(Instant::now);
+                    let errors = run_on_jobs(ctx, dep, level, ScriptKind::PreBackupLock, &[], true).await;
+                    record(fails, FailureKind::Lock, errors);
+                }
+            })
+            .await;
+    }
+
+    // Backup: every job's script as one parallel batch, unless locking failed.
+    let mut artifact_dirs: BTreeSet<usize> = BTreeSet::new();
+    let lock_ok = out.failures.is_empty();
+    let mut backup_ok = false;
+    if lock_ok && !ctx.cancelled() {
+        let backupable = dep.jobs_where(|j| j.backupable());
+        for at in &backupable {
+            artifact_dirs.insert(at.instance);
+        }
+        let errors = out
+            .timings
+            .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
+                let (inst, job) = dep.job(at);
+                let env = artifact_env(&inst.artifact_dir(job.artifact_name()));
+                cancellable(ctx, async {
+                    inst.create_artifact_dir(job.artifact_name()).await?;
+                    script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
+                })
+                .await
+                .map_err(|e| {
+                    if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
+                })
+            }))
+            .await;
+        let errors: Vec<_> = errors.into_iter().filter_map(Result::err).collect();
+        backup_ok = errors.is_empty();
+        record(&mut out.failures, FailureKind::General, errors);
+    }
+
+    // Unlock, always, for every level that was (or may have been) locked; a stop request
+    // does not skip it.
+    if !opts.unsafe_lock_free && locked_levels > 0 {
+        let succeeded = (lock_ok && backup_ok).to_string();
+        let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
+        let fails = &mut out.failures;
+        out.timings
+            .phase(ctx, Phase::Unlock, async {
+                for level in levels[..locked_levels].iter().rev() {
+                    let errors = run_on_jobs(ctx, dep, level, ScriptKind::PostBackupUnlock, &env, false).await;
+                    record(fails, FailureKind::Unlock, errors);
+                }
+            })
+            .await;
+        out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
+        if let Some(w) = out.timings.lock_window {
+            ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));
+        }
+    }
+
+    // Drain, only after a successful backup (even if unlock failed, as bbr).
+    let mut drain_ok = false;
+    if backup_ok && !ctx.cancelled() {
+        let meta = Mutex::new(&mut metadata);
+        let errors = out.timings.phase(ctx, Phase::Drain, drain_all(ctx, dep, &writer, &meta)).await;
+        drain_ok = errors.is_empty();
+        record(&mut out.failures, FailureKind::Drain, errors);
+    }
+
+    // Cleanup: remove the staging directory where we created it. After a failed drain the
+    // data on the instances may be the only copy: keep it until the cause is known.
+    let drain_failed = backup_ok && !drain_ok && !ctx.cancelled();
+    if drain_failed {
+        ctx.warn(format!(
+            "The drain failed: the backup data is kept on the instances in {ARTIFACT_ROOT}. Find the cause, then run backup-cleanup."
+        ));
+    } else if !artifact_dirs.is_empty() {
+        let dirs: Vec<usize> = artifact_dirs.into_iter().collect();
+        let results = out
+            .timings
+            .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, dirs, |i| async move {
+                let inst = &dep.instances[i].instance;
+                inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
+            }))
+            .await;
+        for e in results.into_iter().filter_map(Result::err) {
+            out.failures.push(FailureKind::Cleanup, e);
+        }
+    }
+
+    if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
+        out.failures.push(FailureKind::Cancelled, Cancelled.into());
+    }
+
+    // Commit, when the data is complete: unlock and cleanup failures are recorded in the
+    // marker but do not make the artifact less complete.
+    let complete = backup_ok && drain_ok && !ctx.cancelled();
+    if complete {
+        let finished = Utc::now();
+        metadata.backup_activity.finish_time = bbr_time(finished);
+        if let Some(manifest) = &opts.manifest {
+            if let Err(e) = writer.put("manifest.yml", manifest).await {
+                out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
+            }
+        }
+        let marker = CommitMarker {
+            format_version: FORMAT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            deployment: dep.name.clone(),
+            artifact: name.clone(),
+            started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            lock_free: opts.unsafe_lock_free,
+            objects: BTreeMap::new(),
+            phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
+            lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
+            warnings: out.failures.0.iter().map(|f| f.to_string()).collect(),
+            origin: opts.origin.clone(),
+        };
+        let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
+        match commit {
+            Ok(()) if out.failures.has(FailureKind::General) => {}
+            Ok(()) => {
+                out.marker = Some(CommitMarker { objects: writer.objects(), ..marker });
+                out.artifact = Some(name.clone());
+            }
+            Err(e) => out.failures.push(FailureKind::General, e.context(format!("committing artifact {name}"))),
+        }
+    }
+    if out.artifact.is_none() {
+        if let Err(e) = writer.discard().await {
+            ctx.warn(format!("could not remove the incomplete artifact {name}: {e:#}"));
+        }
+    }
+    out
+}
+
+/// Drains every backupable job's artifact, in parallel.
+async fn drain_all(ctx: &Ctx, dep: &Deployment, writer: &ArtifactWriter<'_>, meta: &Mutex<&mut BackupMetadata>) -> Vec<anyhow::Error> {
+    let jobs = dep.jobs_where(|j| j.backupable());
+    let results = bounded(ctx.max_in_flight, jobs, |at| async move {
+        let (inst, job) = dep.job(at);
+        let sums = cancellable(ctx, drain_one(ctx, dep, at, writer)).await.map_err(|e| {
+            if e.is::<Cancelled>() { e } else { anyhow!("Failed to drain the artifact of job {} on {}: {e:#}", job.name, inst.id()) }
+        })?;
+        let id = inst.id();
+        meta.lock().unwrap().add(&id.group, &id.index, job.artifact_name(), sums);
+        // The data is safe in the store: remove this job's staging directory now, as bbr.
+        let dir = job.artifact_name().to_string();
+        if let Err(e) = inst.remove_artifact_dir(&dir).await {
+            ctx.warn(format!("could not remove {ARTIFACT_ROOT}/{dir} on {id}: {e:#}"));
+        }
+        Ok(())
+    })
+    .await;
+    results.into_iter().filter_map(Result::err).collect()
+}
+
+/// Streams one job's artifact into the store, checksumming each file on the way, and
+/// compares with the checksums computed on the instance.
+async fn drain_one(ctx: &Ctx, dep: &Deployment, at: JobAt, writer: &ArtifactWriter<'_>) -> anyhow::Result<crate::artifact::tar_hash::Checksums> {
+    let (inst, job) = dep.job(at);
+    let id = inst.id().clone();
+    let artifact = job.artifact_name();
+    let file = artifact_file_name(&id, artifact);
+    let size = inst.artifact_size(artifact).await.unwrap_or(0);
+    ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: job.name.clone(), size });
+    let start = Instant::now();
+
+    let object = writer.create(&file).await?;
+    let events = ctx.events.clone();
+    let (pid, pjob) = (id.clone(), job.name.clone());
+    let mut sink = HashingWriter::new(MeteredWriter::new(object).with_progress(percent_steps(size, 10, move |bytes, _| {
+        events.emit(Event::TransferProgress { instance: pid.clone(), job: pjob.clone(), bytes, size });
+    })));
+    let stream = async {
+        inst.stream_artifact(artifact, &mut sink).await?;
+        sink.shutdown().await.context("finishing the stored object")?;
+        Ok::<_, anyhow::Error>(())
+    };
+    // The instance computes its own checksums while the stream runs.
+    let (streamed, remote) = tokio::join!(stream, inst.checksum_artifact(artifact));
+    let (metered, hasher) = sink.into_parts();
+    let (object, bytes, sha256) = metered.into_parts();
+    if let Err(e) = streamed {
+        object.abort().await;
+        return Err(e);
+    }
+    let local = match hasher.finish() {
+        Ok(s) => s,
+        Err(e) => {
+            object.abort().await;
+            return Err(anyhow::Error::from(e).context("the artifact stream is not a complete tar"));
+        }
+    };
+    let remote = match remote {
+        Ok(r) => r,
+        Err(e) => {
+            object.abort().await;
+            return Err(e);
+        }
+    };
+    let problems = compare_checksums(&remote, &local);
+    if !problems.is_empty() {
+        object.abort().await;
+        let shown: Vec<_> = problems.iter().take(10).cloned().collect();
+        return Err(anyhow!(
+            "Backup is corrupted, checksum failed for {id} {} - checksums don't match for [{}]. Checksum failed for {} files in total",
+            job.name,
+            shown.join("; "),
+            problems.len()
+        ));
+    }
+    let stored = object.commit().await.context("storing the artifact")?;
+    writer.record(&file, StoredObject { size: stored, sha256 });
+    ctx.events.emit(Event::TransferFinished { instance: id, job: job.name.clone(), bytes, elapsed: start.elapsed() });
+    Ok(local)
+}

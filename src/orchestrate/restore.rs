@@ -1,0 +1,279 @@
+//! `restore`: verify the artifact before touching any instance, check the topology, send
+//! each tar to its instance, then lock, restore and unlock in bbr's order.
+//!
+//! ```text
+//! verify -> discover -> checks -> upload -> pre-restore-lock (levels, serial)
+//!        -> restore (serial, stops at the first failing instance)
+//!        -> post-restore-unlock (levels reversed, always after a lock was attempted) -> cleanup
+//! ```
+
+use super::backup::run_on_jobs;
+use super::discover::{discover, Deployment};
+use super::{artifact_env, bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
+use crate::artifact::tar_hash::HashingReader;
+use crate::events::{Event, Phase};
+use crate::instance::InstanceRef;
+use crate::model::{Direction, ScriptKind};
+use crate::store::Store;
+use crate::target::Target;
+use anyhow::{anyhow, Context};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+#[derive(Debug, Default)]
+pub struct RestoreOutcome {
+    pub failures: Failures,
+    pub timings: Timings,
+}
+
+/// Restores artifact `name` from `store` onto `target`. `accept_bbr` accepts an artifact
+/// without lockstep's commit marker (one made by `bbr`), named explicitly by the operator.
+pub async fn restore(ctx: &Ctx, target: &dyn Target, store: &dyn Store, name: &str, accept_bbr: bool) -> RestoreOutcome {
+    let mut out = RestoreOutcome::default();
+    // 1. The artifact must be intact before any instance is touched.
+    let art = match out.timings.phase(ctx, Phase::Verify, open_and_verify(ctx, store, name, accept_bbr)).await {
+        Ok(a) => a,
+        Err(e) => {
+            out.failures.push(FailureKind::General, e);
+            return out;
+        }
+    };
+    let dep = match out.timings.phase(ctx, Phase::Discover, discover(ctx, target)).await {
+        Ok(d) => d,
+        Err(e) => {
+            out.failures.push(FailureKind::General, e);
+            return out;
+        }
+    };
+    let checks = out.timings.phase(ctx, Phase::Check, restorable_checks(ctx, &dep, &art)).await;
+    if !checks.is_empty() {
+        out.failures.extend(checks);
+        return out;
+    }
+    let dep = &dep;
+    let levels = dep.lock_levels(Direction::Restore).expect("checked above");
+
+    // 2. Upload every artifact to its instance(s).
+    let uploads = upload_plan(&dep, &art);
+    let touched: BTreeSet<usize> = uploads.iter().map(|(i, _)| *i).collect();
+    let errors = out
+        .timings
+        .phase(ctx, Phase::Upload, bounded(ctx.max_in_flight, uploads, |(i, entry)| {
+            let inst = &dep.instances[i].instance;
+            let art = &art;
+            async move { cancellable(ctx, upload_one(ctx, store, art, inst, entry)).await }
+        }))
+        .await;
+    let mut upload_ok = true;
+    for e in errors.into_iter().filter_map(Result::err) {
+        upload_ok = false;
+        let kind = if e.is::<Cancelled>() { FailureKind::Cancelled } else { FailureKind::General };
+        out.failures.push(kind, e);
+    }
+
+    // 3. Lock, restore, unlock. bbr runs these one at a time; so do we.
+    let mut locked_levels = 0;
+    if upload_ok && !ctx.cancelled() {
+        let fails = &mut out.failures;
+        out.timings
+            .phase(ctx, Phase::Lock, async {
+                for level in &levels {
+                    if ctx.cancelled() {
+                        break;
+                    }
+                    locked_levels += 1;
+                    for &at in level {
+                        let errs = run_on_jobs(ctx, dep, &[at], ScriptKind::PreRestoreLock, &[], true).await;
+                        for e in errs {
+                            let kind = if e.is::<Cancelled>() { FailureKind::Cancelled } else { FailureKind::General };
+                            fails.push(kind, anyhow!("pre-restore-lock failed: {e:#}"));
+                        }
+                    }
+                }
+            })
+            .await;
+        if out.failures.is_empty() && !ctx.cancelled() {
+            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, &dep)).await;
+            for e in errors {
+                let kind = if e.is::<Cancelled>() { FailureKind::Cancelled } else { FailureKind::General };
+                out.failures.push(kind, e);
+            }
+        }
+        let fails = &mut out.failures;
+        out.timings
+            .phase(ctx, Phase::Unlock, async {
+                for level in levels[..locked_levels].iter().rev() {
+                    for &at in level {
+                        let errs = run_on_jobs(ctx, dep, &[at], ScriptKind::PostRestoreUnlock, &[], false).await;
+                        for e in errs {
+                            fails.push(FailureKind::Unlock, e);
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+
+    // 4. Cleanup where we uploaded.
+    let results = out
+        .timings
+        .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, touched, |i| async move {
+            let inst = &dep.instances[i].instance;
+            inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
+        }))
+        .await;
+    for e in results.into_iter().filter_map(Result::err) {
+        out.failures.push(FailureKind::Cleanup, e);
+    }
+    if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
+        out.failures.push(FailureKind::Cancelled, Cancelled.into());
+    }
+    out
+}
+
+/// Opens the artifact and re-hashes every file against its metadata.
+pub async fn open_and_verify(ctx: &Ctx, store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Result<StoredArtifact> {
+    let art = stored::open(store, name, accept_bbr).await?;
+    if art.marker.is_none() {
+        ctx.warn(format!("{name} has no lockstep.json: treating it as an artifact made by bbr"));
+    } else if art.marker.as_ref().is_some_and(|m| m.lock_free) {
+        ctx.warn(format!("{name} was taken with --unsafe-lock-free: it may be inconsistent"));
+    }
+    if art.entries().is_empty() {
+        anyhow::bail!("Backup is corrupted: artifact {name} lists no backed-up jobs in its metadata");
+    }
+    let problems = stored::verify(store, &art).await;
+    if !problems.is_empty() {
+        anyhow::bail!("Backup is corrupted: {} problem(s) in {name}:\n  {}", problems.len(), problems.join("\n  "));
+    }
+    ctx.info(format!("Verified every file of {name} against its metadata"));
+    Ok(art)
+}
+
+/// bbr's "Restorable" checks, made stricter: every backed-up job must exist on its
+/// instance and have a restore script (bbr failed later, mid-restore, when one did not).
+async fn restorable_checks(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) -> Failures {
+    let mut failures = Failures::default();
+    if dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && j.metadata.discontinued_restore_name)) {
+        let groups: BTreeSet<&str> = dep
+            .instances
+            .iter()
+            .filter(|d| d.jobs.iter().any(|j| j.restorable() && j.metadata.discontinued_restore_name))
+            .map(|d| d.id().group.as_str())
+            .collect();
+        for g in groups {
+            failures.push(
+                FailureKind::General,
+                anyhow!("discontinued metadata keys backup_name/restore_name found on instance {g}. bbr cannot restore this backup artifact."),
+            );
+        }
+    }
+    if dep.jobs_where(|j| j.restorable()).is_empty() {
+        failures.push(FailureKind::General, anyhow!("Deployment '{}' has no restore scripts", dep.name));
+    }
+    let mut mismatches = Vec::new();
+    for entry in art.entries() {
+        let Some((group, index)) = &entry.instance else { continue };
+        match dep.instances.iter().find(|d| &d.id().group == group && &d.id().index == index) {
+            None => mismatches.push(format!("instance {group}/{index} is in the backup but not in the deployment")),
+            Some(d) => match d.jobs.iter().find(|j| j.name == entry.name) {
+                None => mismatches.push(format!("job {} on {group}/{index} is in the backup but not on the instance", entry.name)),
+                Some(j) if !j.restorable() => {
+                    mismatches.push(format!("job {} on {group}/{index} has no restore script", entry.name))
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    for custom in art.entries().iter().filter(|e| e.instance.is_none()) {
+        if !dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && custom.name.starts_with(&format!("{}-", j.name)))) {
+            mismatches.push(format!("no restorable job in the deployment takes the custom artifact {}", custom.name));
+        }
+    }
+    if !mismatches.is_empty() {
+        failures.push(
+            FailureKind::General,
+            anyhow!("Deployment '{}' does not match the structure of the provided backup:\n  {}", dep.name, mismatches.join("\n  ")),
+        );
+    }
+    failures.extend(super::backup::artifact_dir_checks(ctx, dep).await);
+    if let Err(c) = dep.lock_levels(Direction::Restore) {
+        failures.push(FailureKind::General, c.into());
+    }
+    failures
+}
+
+/// Which artifact goes to which instance: a job's own artifact to its instance; a custom
+/// (`backup_one_restore_all`) artifact to every instance whose restorable job it names.
+fn upload_plan(dep: &Deployment, art: &StoredArtifact) -> Vec<(usize, ArtifactEntry)> {
+    let mut plan = Vec::new();
+    for entry in art.entries() {
+        match &entry.instance {
+            Some((g, i)) => {
+                if let Some(pos) = dep.instances.iter().position(|d| &d.id().group == g && &d.id().index == i) {
+                    plan.push((pos, entry));
+                }
+            }
+            None => {
+                for (pos, d) in dep.instances.iter().enumerate() {
+                    if d.jobs.iter().any(|j| j.restorable() && entry.name.starts_with(&format!("{}-", j.name))) {
+                        plan.push((pos, entry.clone()));
+                    }
+                }
+            }
+        }
+    }
+    plan
+}
+
+async fn upload_one(ctx: &Ctx, store: &dyn Store, art: &StoredArtifact, inst: &InstanceRef, entry: ArtifactEntry) -> anyhow::Result<()> {
+    let id = inst.id().clone();
+    let key = format!("{}/{}", art.name, entry.file);
+    let size = art.marker.as_ref().and_then(|m| m.objects.get(&entry.file)).map(|o| o.size).unwrap_or(0);
+    ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: entry.name.clone(), size });
+    let start = Instant::now();
+    let reader = store.open(&key).await?;
+    let mut hashing = HashingReader::new(reader);
+    inst.receive_artifact(&entry.name, &mut hashing).await?;
+    let (_, hasher) = hashing.into_parts();
+    let bytes = hasher.bytes_seen();
+    let sent = hasher.finish().with_context(|| format!("{key} changed while it was sent"))?;
+    // What the instance now holds must be what the backup recorded.
+    let remote = inst.checksum_artifact(&entry.name).await?;
+    for (what, sums) in [("sent", &sent), ("on the instance", &remote)] {
+        let problems = compare_checksums(&entry.checksums, sums);
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "Backup couldn't be transferred, checksum failed for {id} {} ({what}) - checksums don't match for [{}]. Checksum failed for {} files in total",
+                entry.name,
+                problems.iter().take(10).cloned().collect::<Vec<_>>().join("; "),
+                problems.len()
+            );
+        }
+    }
+    ctx.events.emit(Event::TransferFinished { instance: id, job: entry.name.clone(), bytes, elapsed: start.elapsed() });
+    Ok(())
+}
+
+/// Restore scripts: instances one by one, each instance's jobs one by one; stop at the
+/// first instance that fails (bbr's behaviour), or when a stop is requested.
+async fn restore_scripts(ctx: &Ctx, dep: &Deployment) -> Vec<anyhow::Error> {
+    for d in &dep.instances {
+        let mut errors = Vec::new();
+        for job in d.jobs.iter().filter(|j| j.restorable()) {
+            let env = artifact_env(&d.instance.artifact_dir(job.artifact_name()));
+            if let Err(e) = cancellable(ctx, script(ctx, &d.instance, &job.name, ScriptKind::Restore, &env)).await {
+                if e.is::<Cancelled>() {
+                    errors.push(e);
+                    return errors;
+                }
+                errors.push(anyhow!("Failed to restore: Error attempting to run restore for job {} on {}: {e:#}", job.name, d.id()));
+            }
+        }
+        if !errors.is_empty() {
+            return errors;
+        }
+    }
+    Vec::new()
+}

@@ -1,0 +1,184 @@
+//! A store in a local directory. Keys map to paths, so an artifact `<name>/` is exactly
+//! bbr's artifact directory: `bbr restore --artifact-path DIR/<name>` can read it.
+//! Objects are written to a hidden temporary file beside their final name and renamed
+//! into place on commit, so a reader never sees half an object.
+
+use super::{check_key, NotFound, ObjectInfo, ObjectWriter, Store};
+use anyhow::Context;
+use async_trait::async_trait;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use tokio::fs;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// Prefix of temporary files; never listed.
+const PARTIAL_PREFIX: &str = ".lockstep-partial-";
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> anyhow::Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+struct LocalWriter {
+    file: Option<fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    size: u64,
+}
+
+impl AsyncWrite for LocalWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let file = this.file.as_mut().ok_or_else(|| io::Error::other("object already closed"))?;
+        let poll = Pin::new(file).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.size += *n as u64;
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.file.as_mut() {
+            Some(f) => Pin::new(f).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.file.as_mut() {
+            Some(f) => Pin::new(f).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        // Not committed: leave nothing behind.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn commit(mut self: Box<Self>) -> anyhow::Result<u64> {
+        let file = self.file.take().context("object already closed")?;
+        // Durable before visible: the rename must not expose a file whose data is lost
+        // in a crash.
+        file.sync_all().await.with_context(|| format!("syncing {}", self.tmp.display()))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.dest)
+            .await
+            .with_context(|| format!("renaming {} into place", self.dest.display()))?;
+        Ok(self.size)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        let dest = self.path(key)?;
+        let dir = dest.parent().context("key without a parent")?.to_path_buf();
+        // Artifacts hold a platform's secrets: directories are private, as bbr makes them.
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
+        let name = dest.file_name().context("key without a name")?.to_string_lossy();
+        let tmp = dir.join(format!("{PARTIAL_PREFIX}{name}"));
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let file = opts.open(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Box::new(LocalWriter { file: Some(file), tmp, dest, size: 0 }))
+    }
+
+    async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
+        let path = self.path(key)?;
+        match fs::File::open(&path).await {
+            Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(256 * 1024, f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(NotFound { key: key.to_string(), store: self.describe() }.into())
+            }
+            Err(e) => Err(anyhow::Error::from(e).context(format!("opening {}", path.display()))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, key_prefix)) = stack.pop() {
+            let mut entries = match fs::read_dir(&dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("listing {}", dir.display()))),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(PARTIAL_PREFIX) {
+                    continue;
+                }
+                let key = format!("{key_prefix}{name}");
+                let meta = entry.metadata().await?;
+                if meta.is_dir() {
+                    // Only descend where keys under this directory could match the prefix.
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        stack.push((entry.path(), sub));
+                    }
+                } else if meta.is_file() && key.starts_with(prefix) {
+                    out.push(ObjectInfo { key, size: meta.len() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("deleting {}", path.display()))),
+        }
+        // Remove directories the delete emptied, up to the root, so a pruned artifact
+        // leaves no empty directory behind.
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.root || !d.starts_with(&self.root) || fs::remove_dir(&d).await.is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+}

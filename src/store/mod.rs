@@ -1,0 +1,83 @@
+//! Object storage at the edge. A store holds objects under `/`-separated keys
+//! (`<artifact>/<file>`); an object is written as a stream and becomes visible only when
+//! committed. The store knows nothing of BBR: which objects form a complete artifact is
+//! decided by [`crate::artifact`] (the `lockstep.json` commit marker).
+
+pub mod local;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// An object being written. Bytes written are not visible under the key until
+/// [`ObjectWriter::commit`]; [`ObjectWriter::abort`] (or dropping it) leaves nothing behind.
+#[async_trait]
+pub trait ObjectWriter: AsyncWrite + Unpin + Send {
+    /// Makes the object visible; returns its size in bytes.
+    async fn commit(self: Box<Self>) -> anyhow::Result<u64>;
+    async fn abort(self: Box<Self>);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Raised by [`Store::open`] for a key that does not exist, so callers can tell a missing
+/// object from a failing store.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} does not exist in {store}")]
+pub struct NotFound {
+    pub key: String,
+    pub store: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// For messages: `file:///backups`, `s3://bucket/prefix`. Never includes secrets.
+    fn describe(&self) -> String;
+    async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>>;
+    /// Opens an object for streaming; a missing key is a [`NotFound`] error.
+    async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>>;
+    /// Every committed object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;
+    /// Deletes an object; deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> anyhow::Result<()>;
+}
+
+/// Reads a whole (small) object into memory.
+pub async fn read_all(store: &dyn Store, key: &str) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut r = store.open(key).await?;
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes a whole (small) object and commits it.
+pub async fn write_all(store: &dyn Store, key: &str, data: &[u8]) -> anyhow::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let mut w = store.create(key).await?;
+    if let Err(e) = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    }
+    .await
+    {
+        w.abort().await;
+        return Err(e.into());
+    }
+    w.commit().await
+}
+
+/// Rejects keys that could escape a store's root or that no store can hold.
+pub fn check_key(key: &str) -> anyhow::Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || key.contains('\0');
+    if bad {
+        anyhow::bail!("invalid object key {key:?}");
+    }
+    Ok(())
+}

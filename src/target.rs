@@ -1,0 +1,80 @@
+//! Targets: how the instances of a deployment are found. The orchestration asks a target
+//! for its instances and, when it knows them, the releases of jobs (for lock ordering).
+
+use crate::instance::{InstanceRef, ShellInstance};
+use crate::model::InstanceId;
+use crate::transport::local::LocalTransport;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Names the artifact: `<deployment>_<timestamp>`.
+    fn deployment_name(&self) -> &str;
+    async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>>;
+    /// The release a job comes from, if this target knows (a BOSH manifest does).
+    fn release_of(&self, _group: &str, _job: &str) -> Option<String> {
+        None
+    }
+}
+
+/// A deployment whose instances are local directories standing in for `/`.
+pub struct LocalTarget {
+    name: String,
+    instances: Vec<(InstanceId, String)>,
+}
+
+impl LocalTarget {
+    pub fn new(name: impl Into<String>, instances: Vec<(InstanceId, String)>) -> Self {
+        LocalTarget { name: name.into(), instances }
+    }
+
+    /// Parses `GROUP/INDEX=DIR`, as given to `lockstep local --instance`.
+    pub fn parse_instance(spec: &str) -> anyhow::Result<(InstanceId, String)> {
+        let usage = || anyhow::anyhow!("--instance {spec:?}: expected GROUP/INDEX=DIR, e.g. redis/0=/tmp/vm0");
+        let (id, dir) = spec.split_once('=').ok_or_else(usage)?;
+        let (group, index) = id.split_once('/').ok_or_else(usage)?;
+        if group.is_empty() || index.is_empty() || dir.is_empty() {
+            return Err(usage());
+        }
+        let dir = std::path::absolute(dir)
+            .map_err(|e| anyhow::anyhow!("--instance {spec:?}: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        Ok((InstanceId::new(group, index), dir))
+    }
+}
+
+#[async_trait]
+impl Target for LocalTarget {
+    fn deployment_name(&self) -> &str {
+        &self.name
+    }
+
+    async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
+        let mut out: Vec<InstanceRef> = Vec::new();
+        for (id, dir) in &self.instances {
+            if !std::path::Path::new(dir).is_dir() {
+                anyhow::bail!("instance {id}: {dir} is not a directory");
+            }
+            out.push(Arc::new(ShellInstance::new(id.clone(), Box::new(LocalTransport::new(dir.clone())))));
+        }
+        Ok(out)
+    }
+}
+
+/// A target over instances that already exist (tests wrap instances to inject faults).
+pub struct FixedTarget {
+    pub name: String,
+    pub instances: Vec<InstanceRef>,
+}
+
+#[async_trait]
+impl Target for FixedTarget {
+    fn deployment_name(&self) -> &str {
+        &self.name
+    }
+    async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
+        Ok(self.instances.clone())
+    }
+}
