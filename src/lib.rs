@@ -35,4 +35,5 @@ pub mod report;
 pub mod shell;
 pub mod store;
 pub mod target;
+pub mod testkit;
 pub mod transport;
