@@ -9,6 +9,27 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+/// Kills a process group when dropped before the command finished (a cancelled future).
+/// Once the command has finished it is disarmed: daemons a script started on purpose
+/// (an unlock script restarting a service) must live on.
+struct GroupKiller(u32);
+
+impl GroupKiller {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        // SAFETY: killpg with a pid we spawned as a group leader; a stale group id only
+        // yields ESRCH.
+        unsafe {
+            libc::killpg(self.0 as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
 pub struct LocalTransport {
     root: String,
 }
@@ -41,10 +62,15 @@ impl Transport for LocalTransport {
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Dropping the future (cancellation) must not leave the command running.
+            // Its own process group: a terminal's Ctrl-C reaches lockstep only (which then
+            // decides what to stop), and the whole group can be killed on cancellation.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("could not start sh on {}", self.describe()))?;
+        // Dropping this future (a stop request) must not leave the script's children
+        // running: kill the whole group, not just `sh`.
+        let group = child.id().map(GroupKiller);
 
         let mut child_out = child.stdout.take().expect("piped");
         let mut child_err = child.stderr.take().expect("piped");
@@ -80,6 +106,9 @@ impl Transport for LocalTransport {
         }
         fed?;
         let status = child.wait().await.context("waiting for sh")?;
+        if let Some(g) = group {
+            g.disarm();
+        }
         Ok(ExecStatus { code: status.code(), stderr: stderr.unwrap_or_default() })
     }
 }
