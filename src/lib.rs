@@ -31,6 +31,7 @@ pub mod lock_order;
 pub mod metered;
 pub mod model;
 pub mod orchestrate;
+pub mod pipeline_check;
 pub mod report;
 pub mod shell;
 pub mod store;
