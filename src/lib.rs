@@ -26,6 +26,7 @@ pub mod artifact;
 pub mod cli;
 pub mod demo;
 pub mod events;
+pub mod hosts;
 pub mod instance;
 pub mod lock_order;
 pub mod metered;

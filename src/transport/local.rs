@@ -89,7 +89,10 @@ impl Transport for LocalTransport {
             }
             Ok(())
         };
-        let drain = async {
+        // The drain owns the pipe: if the writer fails, dropping it ends the command with
+        // EPIPE instead of leaving it blocked on a full pipe (and this exec waiting on its
+        // stderr forever).
+        let drain = async move {
             tokio::io::copy(&mut child_out, stdout).await.context("streaming stdout")?;
             stdout.flush().await.context("flushing stdout")?;
             Ok::<_, anyhow::Error>(())

@@ -4,6 +4,7 @@
 //! commands are built by [`crate::instance::ShellInstance`].
 
 pub mod local;
+pub mod ssh;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
