@@ -3,15 +3,21 @@
 //! commands (`list`, `verify`, `demo`). Logs go to stderr; exit codes are bbr's bits.
 
 use crate::artifact::stored;
+use crate::codec::{parse_recipients, Codec, Compression, Identities};
 use crate::events::{Event, EventSink};
 use crate::model::Direction;
 use crate::orchestrate::backup::{backup, BackupOptions};
 use crate::orchestrate::cleanup::cleanup;
 use crate::orchestrate::precheck::pre_backup_check;
-use crate::orchestrate::restore::{open_and_verify, restore};
+use crate::orchestrate::restore::{open_and_verify_with, restore_with, RestoreOptions};
+use crate::retention::{self, Policy};
 use crate::orchestrate::{Ctx, Failures, Timings};
 use crate::report::{human_bytes, timings_table, LogReporter};
 use crate::store::local::LocalStore;
+use crate::store::replicas::ReplicaStore;
+use crate::store::s3::S3Store;
+use crate::store::url::StoreUrl;
+use crate::store::Store;
 use crate::target::{LocalTarget, Target};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -50,17 +56,90 @@ pub enum Command {
     Director(DirectorArgs),
     /// Back up or restore a BOSH deployment through the director API, as `bbr deployment`.
     Deployment(DeploymentArgs),
-    /// List the committed backup artifacts in a directory, oldest first.
+    /// List the committed backup artifacts in a directory or store, oldest first, with
+    /// size, age, codec and the lock-free flag.
     List {
         /// Directory holding artifacts.
-        #[arg(short = 'a', long = "artifact-path", default_value = ".")]
+        #[arg(short = 'a', long = "artifact-path", default_value = ".", conflicts_with = "store")]
         artifact_path: PathBuf,
+        /// A store URL instead: s3://BUCKET/PREFIX?... or file:///PATH.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        #[command(flatten)]
+        s3: S3Flags,
     },
-    /// Re-hash every file of an artifact against its metadata and report what differs.
+    /// Download, decrypt and decompress every file of an artifact and re-hash it against
+    /// its metadata; reports exactly which file of which job differs.
     Verify {
-        /// The artifact directory (`<deployment>_<timestamp>`).
-        #[arg(short = 'a', long = "artifact-path")]
+        /// The artifact's name (`<deployment>_<timestamp>`), with --store.
+        #[arg(value_name = "ARTIFACT", required_unless_present = "artifact_path")]
+        artifact: Option<String>,
+        /// The artifact directory (`<deployment>_<timestamp>`) instead of a store.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with_all = ["store", "artifact"])]
+        artifact_path: Option<PathBuf>,
+        /// The store holding the artifact: s3://BUCKET/PREFIX?... or file:///PATH.
+        #[arg(long, value_name = "URL", requires = "artifact")]
+        store: Option<String>,
+        /// age identity file (AGE-SECRET-KEY-1...) for an encrypted artifact. Repeat.
+        #[arg(long = "identity", short = 'i', value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
+    /// Bring an artifact back from a store as a plain bbr artifact directory
+    /// (DIR/ARTIFACT: decrypted, decompressed, every file re-hashed), which `bbr restore`
+    /// and `lockstep ... restore -a` read.
+    Fetch {
+        /// The artifact's name (`<deployment>_<timestamp>`).
+        #[arg(value_name = "ARTIFACT")]
+        artifact: String,
+        /// The store holding it: s3://BUCKET/PREFIX?... or file:///PATH.
+        #[arg(long, value_name = "URL")]
+        store: String,
+        /// Directory in which to create the artifact directory.
+        #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
         artifact_path: PathBuf,
+        /// age identity file for an encrypted artifact. Repeat.
+        #[arg(long = "identity", short = 'i', value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
+    /// Apply a retention policy: print the plan (what is kept and by which rule, what is
+    /// deleted), then delete. Never deletes the newest artifact of a deployment nor
+    /// anything younger than --min-age; sweeps uncommitted leftovers older than --grace.
+    Prune {
+        /// The store to prune (repeat to prune several, each on its own).
+        #[arg(long = "store", value_name = "URL", required_unless_present = "artifact_path")]
+        stores: Vec<String>,
+        /// A local directory of artifacts instead.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// Only this deployment's artifacts.
+        #[arg(long, short = 'd')]
+        deployment: Option<String>,
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<usize>,
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<usize>,
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<usize>,
+        /// Keep everything newer than this (e.g. 14d, 2w).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_within: Option<std::time::Duration>,
+        /// Never delete anything younger than this.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        min_age: std::time::Duration,
+        /// Sweep uncommitted leftovers (interrupted backups) older than this.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Print the plan; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        s3: S3Flags,
     },
     /// Create a demo deployment, back it up, list and verify the backup, restore it into
     /// a fresh copy and show the data match. Needs no servers.
@@ -132,8 +211,9 @@ pub enum Action {
     /// and checksum every artifact into the artifact path.
     #[command(visible_alias = "b")]
     Backup {
-        /// Directory in which to create the artifact directory (default: current directory).
-        #[arg(short = 'a', long = "artifact-path")]
+        /// Directory in which to create the artifact directory (default: current directory),
+        /// in bbr's layout, uncompressed unless --compression says otherwise.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
         artifact_path: Option<PathBuf>,
         /// Skip the lock and unlock scripts. The backup may be inconsistent; it is marked so.
         #[arg(long)]
@@ -141,13 +221,41 @@ pub enum Action {
         /// Also store the deployment manifest (it contains secrets).
         #[arg(long)]
         with_manifest: bool,
+        /// Store the artifact here instead: s3://BUCKET/PREFIX?endpoint=...&use_path_style=true
+        /// or file:///PATH. Repeat to write replicas from the same stream.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// With several --store: succeed when at least N copies are complete (default: all).
+        #[arg(long, value_name = "N", requires = "stores")]
+        min_stores: Option<usize>,
+        /// zstd, zstd:LEVEL, gzip, gzip:LEVEL or none (default: zstd with --store, none
+        /// with --artifact-path so bbr can restore the directory).
+        #[arg(long, value_name = "CODEC")]
+        compression: Option<Compression>,
+        /// Encrypt with age to this recipient (age1...) or to every recipient in this file.
+        /// Repeat.
+        #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
+        encrypt_to: Vec<String>,
+        #[command(flatten)]
+        s3: S3Flags,
     },
-    /// Restore from an artifact directory, after verifying every checksum.
+    /// Restore from an artifact directory or a store, after verifying every checksum.
     #[command(visible_alias = "r")]
     Restore {
         /// The artifact directory to restore from.
-        #[arg(short = 'a', long = "artifact-path", required = true)]
-        artifact_path: PathBuf,
+        #[arg(short = 'a', long = "artifact-path", required_unless_present = "stores", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// Restore from this store instead (repeat: the first that has each file serves it).
+        #[arg(long = "store", value_name = "URL", requires = "artifact")]
+        stores: Vec<String>,
+        /// The artifact's name in the store (`<deployment>_<timestamp>`).
+        #[arg(long, value_name = "ARTIFACT")]
+        artifact: Option<String>,
+        /// age identity file (AGE-SECRET-KEY-1...) for an encrypted artifact. Repeat.
+        #[arg(long = "identity", short = 'i', value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[command(flatten)]
+        s3: S3Flags,
     },
     /// After an interrupted backup: run every post-backup-unlock and remove the staging
     /// directory on every instance.
@@ -155,6 +263,76 @@ pub enum Action {
     /// After an interrupted restore: run every post-restore-unlock and remove the staging
     /// directory on every instance.
     RestoreCleanup,
+}
+
+/// A secret given on the command line or in the environment; `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Credentials for `s3://` stores. Each defaults to the standard AWS variable; region and
+/// endpoint come from the store URL or `AWS_REGION` / `AWS_ENDPOINT_URL`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Flags {
+    /// S3 access key id for s3:// stores.
+    #[arg(long, value_name = "ID", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<Secret>,
+    /// S3 secret access key for s3:// stores.
+    #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+    /// S3 session token (temporary credentials).
+    #[arg(long, value_name = "TOKEN", env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<Secret>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    retention::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Opens one `--store` URL.
+pub fn open_store(url: &str, s3: &S3Flags) -> anyhow::Result<Box<dyn Store>> {
+    match StoreUrl::parse(url)? {
+        StoreUrl::File(path) => Ok(Box::new(LocalStore::new(path))),
+        StoreUrl::S3(mut c) => {
+            if c.access_key_id.is_none() {
+                c.access_key_id = s3.s3_access_key_id.clone().map(|s| s.0);
+                c.secret_access_key = s3.s3_secret_access_key.clone().map(|s| s.0);
+                c.session_token = s3.s3_session_token.clone().map(|s| s.0);
+            }
+            c.fill_from_env();
+            Ok(Box::new(S3Store::new(&c)?))
+        }
+    }
+}
+
+/// Opens every `--store` as one replicated store.
+pub fn open_stores(urls: &[String], min: Option<usize>, s3: &S3Flags) -> anyhow::Result<ReplicaStore> {
+    let stores = urls.iter().map(|u| open_store(u, s3)).collect::<anyhow::Result<Vec<_>>>()?;
+    let n = stores.len();
+    ReplicaStore::new(stores, min.unwrap_or(n))
+}
+
+fn age_of(at: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(at) {
+        Ok(t) => {
+            let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0) as u64;
+            let d = std::time::Duration::from_secs(if secs >= 3600 { secs / 60 * 60 } else { secs });
+            format!("{} ago", humantime::format_duration(d))
+        }
+        Err(_) => "at an unknown time".to_string(),
+    }
 }
 
 /// Runs the command; returns the process exit code.
@@ -208,33 +386,87 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Deployment(args) => {
             bail!("the deployment target ({}) needs the BOSH director API client, which is not built yet", args.target)
         }
-        Command::List { artifact_path } => {
-            let store = LocalStore::new(&artifact_path);
-            let names = stored::list(&store).await?;
+        Command::List { artifact_path, store, s3 } => {
+            let store: Box<dyn Store> = match &store {
+                Some(url) => open_store(url, &s3)?,
+                None => Box::new(LocalStore::new(&artifact_path)),
+            };
+            let names = stored::list(store.as_ref()).await?;
             if names.is_empty() {
-                eprintln!("No committed backup artifacts in {}", artifact_path.display());
+                eprintln!("No committed backup artifacts in {}", store.describe());
             }
             for name in names {
-                let art = stored::open(&store, &name, false).await?;
+                let art = stored::open(store.as_ref(), &name, false).await?;
                 let m = art.marker.as_ref().expect("listed artifacts are committed");
+                let codec = format!("{}{}", m.compression, if m.encrypted { "+age" } else { "" });
                 println!(
-                    "{name}  {}  finished {}{}",
+                    "{name}  {}  {}  {codec}{}",
                     human_bytes(m.total_size()),
-                    m.finished_at,
+                    age_of(&m.finished_at),
                     if m.lock_free { "  LOCK-FREE" } else { "" }
                 );
             }
             Ok(0)
         }
-        Command::Verify { artifact_path } => {
-            let (store, name) = split_artifact_path(&artifact_path)?;
-            match open_and_verify(ctx, &store, &name, true).await {
+        Command::Verify { artifact, artifact_path, store, identity, s3 } => {
+            let ids = Identities::from_files(&identity)?;
+            let (store, name, accept_bbr): (Box<dyn Store>, String, bool) = match (&store, &artifact_path) {
+                (_, Some(path)) => {
+                    let (s, n) = split_artifact_path(path)?;
+                    (Box::new(s), n, true)
+                }
+                (Some(url), None) => (open_store(url, &s3)?, artifact.clone().unwrap_or_default(), false),
+                (None, None) => {
+                    // `verify DIR/NAME`: a directory given as the argument, as -a takes it.
+                    let (s, n) = split_artifact_path(std::path::Path::new(artifact.as_deref().unwrap_or(".")))?;
+                    (Box::new(s), n, true)
+                }
+            };
+            match open_and_verify_with(ctx, store.as_ref(), &name, accept_bbr, &ids).await {
                 Ok(_) => Ok(0),
                 Err(e) => {
                     eprintln!("{e:#}");
                     Ok(1)
                 }
             }
+        }
+        Command::Fetch { artifact, store, artifact_path, identity, s3 } => {
+            let ids = Identities::from_files(&identity)?;
+            let src = open_store(&store, &s3)?;
+            std::fs::create_dir_all(&artifact_path).with_context(|| format!("creating {}", artifact_path.display()))?;
+            let dest = LocalStore::new(&artifact_path);
+            let m = stored::fetch(src.as_ref(), &artifact, &dest, &ids).await?;
+            ctx.info(format!(
+                "Fetched {artifact} from {} into {} ({}, every file verified against its metadata)",
+                src.describe(),
+                artifact_path.join(&artifact).display(),
+                human_bytes(m.total_size())
+            ));
+            Ok(0)
+        }
+        Command::Prune { stores, artifact_path, deployment, keep_last, keep_daily, keep_weekly, keep_monthly, keep_within, min_age, grace, dry_run, s3 } => {
+            let policy = Policy { keep_last, keep_within, keep_daily, keep_weekly, keep_monthly, min_age, grace };
+            policy.validate()?;
+            let targets: Vec<Box<dyn Store>> = match &artifact_path {
+                Some(p) => vec![Box::new(LocalStore::new(p))],
+                None => stores.iter().map(|u| open_store(u, &s3)).collect::<anyhow::Result<_>>()?,
+            };
+            let mut code = 0;
+            for store in &targets {
+                let plan = retention::plan(store.as_ref(), &policy, deployment.as_deref(), chrono::Utc::now()).await?;
+                println!("{plan}");
+                if dry_run {
+                    println!("Dry run: nothing deleted.");
+                    continue;
+                }
+                let done = retention::execute(store.as_ref(), &plan).await;
+                println!("Deleted {} artifact(s), swept {} leftover(s) from {}", done.deleted.len(), done.swept.len(), store.describe());
+                for e in &done.errors {
+                    eprintln!("error: {e}");
+                    code = 1;
+                }
+            }
+            Ok(code)
         }
         Command::Demo { dir } => crate::demo::run(ctx, dir).await,
     }
@@ -263,28 +495,46 @@ async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str)
             }
             (failures, timings, "backup-cleanup")
         }
-        Action::Backup { artifact_path, unsafe_lock_free, with_manifest } => {
-            let dir = artifact_path.clone().unwrap_or_else(|| PathBuf::from("."));
-            if !dir.is_dir() {
-                bail!("artifact path {} is not a directory", dir.display());
-            }
+        Action::Backup { artifact_path, unsafe_lock_free, with_manifest, stores, min_stores, compression, encrypt_to, s3 } => {
             if *with_manifest {
                 bail!("--with-manifest needs a BOSH director (the deployment target); this target has no manifest");
             }
-            let store = LocalStore::new(&dir);
-            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest: None };
-            let out = backup(ctx, target, &store, &opts).await;
+            let recipients = parse_recipients(encrypt_to)?;
+            let (store, default_compression): (Box<dyn Store>, Compression) = if stores.is_empty() {
+                let dir = artifact_path.clone().unwrap_or_else(|| PathBuf::from("."));
+                if !dir.is_dir() {
+                    bail!("artifact path {} is not a directory", dir.display());
+                }
+                (Box::new(LocalStore::new(&dir)), Compression::None)
+            } else {
+                (Box::new(open_stores(stores, *min_stores, s3)?), Compression::ZSTD)
+            };
+            let codec = Codec { compression: compression.unwrap_or(default_compression), recipients };
+            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest: None, codec };
+            let out = backup(ctx, target, store.as_ref(), &opts).await;
             if let Some(a) = &out.artifact {
-                ctx.info(format!("Backup created of {name}: {}", dir.join(a).display()));
+                let location = match artifact_path.as_ref().filter(|_| stores.is_empty()) {
+                    Some(dir) => dir.join(a).display().to_string(),
+                    None if stores.is_empty() => PathBuf::from(".").join(a).display().to_string(),
+                    None => format!("{a} in {}", store.describe()),
+                };
+                ctx.info(format!("Backup created of {name}: {location}"));
                 if *unsafe_lock_free {
                     ctx.warn("This artifact was taken with --unsafe-lock-free and is marked so in lockstep.json");
                 }
             }
             (out.failures, out.timings, "backup-cleanup")
         }
-        Action::Restore { artifact_path } => {
-            let (store, art) = split_artifact_path(artifact_path)?;
-            let out = restore(ctx, target, &store, &art, true).await;
+        Action::Restore { artifact_path, stores, artifact, identity, s3 } => {
+            let identities = Identities::from_files(identity)?;
+            let (store, art, accept_bbr): (Box<dyn Store>, String, bool) = match artifact_path {
+                Some(path) => {
+                    let (s, n) = split_artifact_path(path)?;
+                    (Box::new(s), n, true)
+                }
+                None => (Box::new(open_stores(stores, Some(1), s3)?), artifact.clone().unwrap_or_default(), false),
+            };
+            let out = restore_with(ctx, target, store.as_ref(), &art, &RestoreOptions { accept_bbr, identities }).await;
             if out.failures.is_empty() {
                 ctx.info(format!("Restored {art} onto {name}"));
             }

@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod cli;
+pub mod codec;
 pub mod demo;
 pub mod events;
 pub mod hosts;
@@ -34,6 +35,7 @@ pub mod model;
 pub mod orchestrate;
 pub mod pipeline_check;
 pub mod report;
+pub mod retention;
 pub mod shell;
 pub mod store;
 pub mod target;

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const MARKER_FILE: &str = "lockstep.json";
-/// Bumped when a reader of an older version could misread a newer artifact.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when a reader of an older version could misread a newer artifact. Version 2
+/// added codecs (compressed or encrypted objects); a plain artifact is still written as
+/// version 1, which every lockstep reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version written for an artifact whose objects are plain tars.
+pub const PLAIN_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitMarker {
@@ -36,6 +40,20 @@ pub struct CommitMarker {
     /// Who took it: Concourse build variables and the like, when known.
     #[serde(default)]
     pub origin: BTreeMap<String, String>,
+    /// Compression of the stored tars: `none`, `zstd` or `gzip` (`.tar`, `.tar.zst`,
+    /// `.tar.gz`). `metadata` always holds the checksums of the uncompressed tar entries.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Whether the stored tars (and the manifest) are encrypted (`.age`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// How: the scheme and the recipients' public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::codec::EncryptionInfo>,
+}
+
+fn default_compression() -> String {
+    "none".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +86,22 @@ impl CommitMarker {
     pub fn total_size(&self) -> u64 {
         self.objects.values().map(|o| o.size).sum()
     }
+
+    /// The codec of the stored tars.
+    pub fn codec(&self) -> anyhow::Result<crate::codec::Codec> {
+        if self.encrypted && self.encryption.is_none() {
+            bail!("lockstep.json says the artifact is encrypted but not how");
+        }
+        crate::codec::Codec::from_recorded(&self.compression, self.encryption.as_ref())
+    }
+
+    /// Records `codec`, and the format version a reader needs for it.
+    pub fn set_codec(&mut self, codec: &crate::codec::Codec) {
+        self.compression = codec.compression.name().to_string();
+        self.encrypted = codec.encrypted();
+        self.encryption = codec.encryption_info();
+        self.format_version = if codec.is_plain() { PLAIN_FORMAT_VERSION } else { FORMAT_VERSION };
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +124,30 @@ mod tests {
             lock_window_seconds: Some(1.25),
             warnings: vec![],
             origin: BTreeMap::new(),
+            compression: "none".into(),
+            encrypted: false,
+            encryption: None,
         }
+    }
+
+    #[test]
+    fn records_the_codec_and_reads_markers_without_one() {
+        let mut m = sample();
+        let codec = crate::codec::Codec { compression: crate::codec::Compression::ZSTD, recipients: vec!["age1abc".into()] };
+        m.set_codec(&codec);
+        assert_eq!(m.format_version, FORMAT_VERSION);
+        let back = CommitMarker::from_json(&m.to_json().unwrap()).unwrap();
+        assert_eq!(back.codec().unwrap(), codec);
+        assert!(String::from_utf8(m.to_json().unwrap()).unwrap().contains("\"compression\": \"zstd\""));
+        m.set_codec(&crate::codec::Codec::plain());
+        assert_eq!(m.format_version, PLAIN_FORMAT_VERSION);
+        // Written before codecs existed: plain.
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+        for k in ["compression", "encrypted", "encryption"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old = CommitMarker::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(old.codec().unwrap().is_plain());
     }
 
     #[test]

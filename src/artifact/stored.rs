@@ -5,6 +5,7 @@ use super::marker::{CommitMarker, StoredObject, MARKER_FILE};
 use super::metadata::{BackupMetadata, METADATA_FILE};
 use super::parse_artifact_name;
 use super::tar_hash::{Checksums, TarHasher};
+use crate::codec::{self, Codec, Identities};
 use crate::metered::MeteredReader;
 use crate::store::{self, NotFound, ObjectWriter, Store};
 use anyhow::{anyhow, bail, Context};
@@ -77,6 +78,8 @@ pub struct StoredArtifact {
     pub name: String,
     pub marker: Option<CommitMarker>,
     pub metadata: BackupMetadata,
+    /// How the tars are stored (plain for an artifact made by bbr).
+    pub codec: Codec,
 }
 
 /// One tar file the metadata lists, with where it goes.
@@ -86,7 +89,10 @@ pub struct ArtifactEntry {
     pub instance: Option<(String, String)>,
     /// Job name, or the custom artifact's name.
     pub name: String,
+    /// bbr's file name (`web-0-nginx.tar`).
     pub file: String,
+    /// The stored object's name (`web-0-nginx.tar.zst.age`; `file` when plain).
+    pub stored: String,
     pub checksums: Checksums,
 }
 
@@ -95,16 +101,25 @@ impl StoredArtifact {
         let mut out = Vec::new();
         for inst in &self.metadata.instances {
             for a in &inst.artifacts {
+                let file = format!("{}-{}-{}.tar", inst.name, inst.index, a.name);
                 out.push(ArtifactEntry {
                     instance: Some((inst.name.clone(), inst.index.clone())),
                     name: a.name.clone(),
-                    file: format!("{}-{}-{}.tar", inst.name, inst.index, a.name),
+                    stored: self.codec.stored_name(&file),
+                    file,
                     checksums: a.checksums.clone(),
                 });
             }
         }
         for c in &self.metadata.custom_artifacts {
-            out.push(ArtifactEntry { instance: None, name: c.name.clone(), file: format!("{}.tar", c.name), checksums: c.checksums.clone() });
+            let file = format!("{}.tar", c.name);
+            out.push(ArtifactEntry {
+                instance: None,
+                name: c.name.clone(),
+                stored: self.codec.stored_name(&file),
+                file,
+                checksums: c.checksums.clone(),
+            });
         }
         out
     }
@@ -141,7 +156,11 @@ pub async fn open(store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Re
     if marker.is_none() && !accept_bbr {
         bail!("artifact {name} in {} is not committed (no {MARKER_FILE}): it is incomplete", store.describe());
     }
-    Ok(StoredArtifact { name: name.to_string(), marker, metadata })
+    let codec = match &marker {
+        Some(m) => m.codec().with_context(|| format!("artifact {name}"))?,
+        None => Codec::plain(),
+    };
+    Ok(StoredArtifact { name: name.to_string(), marker, metadata, codec })
 }
 
 /// What verification found wrong with one file of an artifact.
@@ -165,48 +184,88 @@ pub fn compare_checksums(expected: &Checksums, actual: &Checksums) -> Problems {
 
 /// Re-reads one stored tar: checksums of its files and sha256/size of the stored bytes.
 pub async fn hash_object(store: &dyn Store, key: &str) -> anyhow::Result<(Checksums, u64, String)> {
+    hash_object_with(store, key, &Codec::plain(), &Identities::none()).await
+}
+
+/// [`hash_object`] for an object stored with `codec`: the stored bytes are metered as
+/// stored, then decoded, and the checksums are of the plain tar's files.
+pub async fn hash_object_with(store: &dyn Store, key: &str, codec: &Codec, ids: &Identities) -> anyhow::Result<(Checksums, u64, String)> {
     let reader = store.open(key).await?;
-    let mut metered = MeteredReader::new(reader);
+    let metered = std::sync::Arc::new(Mutex::new(None));
+    let tap = MeterTap { inner: MeteredReader::new(reader), out: metered.clone() };
+    let mut plain = codec::decoder(Box::new(tap), codec, ids)?;
     let mut hasher = TarHasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = metered.read(&mut buf).await.with_context(|| format!("reading {key}"))?;
+        let n = plain.read(&mut buf).await.with_context(|| format!("reading {key}"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]).with_context(|| format!("{key} is not a valid tar"))?;
     }
     let sums = hasher.finish().with_context(|| format!("{key} is not a complete tar"))?;
-    let (_, size, sha) = metered.into_parts();
+    drop(plain);
+    let (size, sha) = metered.lock().unwrap().take().unwrap_or((0, String::new()));
     Ok((sums, size, sha))
+}
+
+/// A metered reader that leaves its totals behind when it is dropped, so they can be
+/// read after a decoder that owns it is done.
+struct MeterTap {
+    inner: MeteredReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    out: std::sync::Arc<Mutex<Option<(u64, String)>>>,
+}
+
+impl tokio::io::AsyncRead for MeterTap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl Drop for MeterTap {
+    fn drop(&mut self) {
+        let inner = std::mem::replace(&mut self.inner, MeteredReader::new(Box::new(tokio::io::empty())));
+        let (_, size, sha) = inner.into_parts();
+        *self.out.lock().unwrap() = Some((size, sha));
+    }
 }
 
 /// Verifies every file of an artifact against its metadata (and its marker's object
 /// hashes when there is one). Returns one line per problem, naming the file and job.
 pub async fn verify(store: &dyn Store, art: &StoredArtifact) -> Problems {
+    verify_with(store, art, &Identities::none()).await
+}
+
+/// [`verify`] of an artifact whose objects may be compressed or encrypted.
+pub async fn verify_with(store: &dyn Store, art: &StoredArtifact, ids: &Identities) -> Problems {
     let mut problems = Vec::new();
     for entry in art.entries() {
-        let key = format!("{}/{}", art.name, entry.file);
-        match hash_object(store, &key).await {
+        let key = format!("{}/{}", art.name, entry.stored);
+        match hash_object_with(store, &key, &art.codec, ids).await {
             Ok((sums, size, sha)) => {
                 for p in compare_checksums(&entry.checksums, &sums) {
-                    problems.push(format!("{} ({}): {p}", entry.file, entry.name));
+                    problems.push(format!("{} ({}): {p}", entry.stored, entry.name));
                 }
-                if let Some(obj) = art.marker.as_ref().and_then(|m| m.objects.get(&entry.file)) {
+                if let Some(obj) = art.marker.as_ref().and_then(|m| m.objects.get(&entry.stored)) {
                     if obj.size != size || obj.sha256 != sha {
                         problems.push(format!(
                             "{}: stored object changed since it was written (size {size}, sha256 {sha}; lockstep.json says size {}, sha256 {})",
-                            entry.file, obj.size, obj.sha256
+                            entry.stored, obj.size, obj.sha256
                         ));
                     }
                 }
             }
-            Err(e) => problems.push(format!("{} ({}): {e:#}", entry.file, entry.name)),
+            Err(e) => problems.push(format!("{} ({}): {e:#}", entry.stored, entry.name)),
         }
     }
     if let Some(m) = &art.marker {
-        let listed: Vec<String> = art.entries().into_iter().map(|e| e.file).collect();
-        for file in m.objects.keys().filter(|f| f.ends_with(".tar") && !listed.contains(f)) {
+        let listed: Vec<String> = art.entries().into_iter().map(|e| e.stored).collect();
+        let tar_like = |f: &str| f.contains(".tar") && !f.starts_with("manifest.yml") && f != METADATA_FILE;
+        for file in m.objects.keys().filter(|f| tar_like(f) && !listed.contains(f)) {
             problems.push(format!("{file} is in lockstep.json but not in the metadata"));
         }
     }
@@ -227,4 +286,92 @@ pub async fn list(store: &dyn Store) -> anyhow::Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names.into_iter().map(|(_, n)| n).collect())
+}
+
+/// Brings artifact `name` from `src` into `dest` as a plain bbr artifact: every tar
+/// decrypted and decompressed under bbr's name, re-hashed on the way against `metadata`
+/// (a file that differs fails the fetch and leaves nothing in `dest`), the manifest
+/// decrypted, and a `lockstep.json` rewritten for the plain objects (written last, so
+/// `dest` holds the artifact whole or not at all). Returns the new marker.
+pub async fn fetch(src: &dyn Store, name: &str, dest: &dyn Store, ids: &Identities) -> anyhow::Result<CommitMarker> {
+    use crate::artifact::tar_hash::HashingReader;
+    use crate::metered::MeteredWriter;
+    use tokio::io::AsyncWriteExt;
+
+    let art = open(src, name, false).await?;
+    if art.codec.encrypted() && ids.is_empty() {
+        bail!(
+            "artifact {name} is encrypted (age, to {}): give --identity FILE with the matching age identity",
+            art.codec.recipients.join(", ")
+        );
+    }
+    if !dest.list(&format!("{name}/")).await?.is_empty() {
+        bail!("{name} already exists in {}: remove it or fetch into another directory", dest.describe());
+    }
+    let marker = art.marker.clone().expect("open without accept_bbr returns committed artifacts");
+    let writer = ArtifactWriter::new(dest, name);
+    let result = async {
+        for entry in art.entries() {
+            let key = format!("{name}/{}", entry.stored);
+            let what = format!("{} ({})", entry.stored, entry.name);
+            let totals = std::sync::Arc::new(Mutex::new(None));
+            let tap = MeterTap { inner: MeteredReader::new(src.open(&key).await.with_context(|| what.clone())?), out: totals.clone() };
+            let mut reader = HashingReader::new(codec::decoder(Box::new(tap), &art.codec, ids).with_context(|| what.clone())?);
+            let mut object = MeteredWriter::new(writer.create(&entry.file).await?);
+            let copied = async {
+                tokio::io::copy(&mut reader, &mut object).await?;
+                object.shutdown().await
+            }
+            .await;
+            let (inner, size, sha) = object.into_parts();
+            let (src_reader, hasher) = reader.into_parts();
+            drop(src_reader);
+            if let Err(e) = copied {
+                inner.abort().await;
+                return Err(anyhow::Error::from(e).context(format!("reading {what}")));
+            }
+            let sums = match hasher.finish() {
+                Ok(s) => s,
+                Err(e) => {
+                    inner.abort().await;
+                    return Err(anyhow::Error::from(e).context(format!("{what} is not a complete tar")));
+                }
+            };
+            let mut problems: Problems = compare_checksums(&entry.checksums, &sums).into_iter().map(|p| format!("{what}: {p}")).collect();
+            let stored_totals = totals.lock().unwrap().take();
+            if let (Some(obj), Some((ssize, ssha))) = (marker.objects.get(&entry.stored), stored_totals)
+                && (obj.size != ssize || obj.sha256 != ssha)
+            {
+                problems.push(format!("{}: stored object changed since it was written", entry.stored));
+            }
+            if !problems.is_empty() {
+                inner.abort().await;
+                bail!("Backup is corrupted: {} problem(s) in {name}:\n  {}", problems.len(), problems.join("\n  "));
+            }
+            inner.commit().await.with_context(|| format!("writing {}", entry.file))?;
+            writer.record(&entry.file, StoredObject { size, sha256: sha });
+        }
+        for (file, plain) in [("manifest.yml.age", true), ("manifest.yml", false)] {
+            if !marker.objects.contains_key(file) {
+                continue;
+            }
+            let data = store::read_all(src, &format!("{name}/{file}")).await?;
+            let data = if plain { codec::decrypt_bytes(&data, ids).with_context(|| format!("decrypting {file}"))? } else { data };
+            writer.put("manifest.yml", &data).await?;
+        }
+        let mut m = marker.clone();
+        m.set_codec(&Codec::plain());
+        m.warnings.push(format!("fetched from {} as a plain bbr artifact", src.describe()));
+        writer.commit(&art.metadata, m).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = writer.discard().await;
+        return Err(e);
+    }
+    let mut m = marker;
+    m.set_codec(&Codec::plain());
+    m.objects = writer.objects();
+    Ok(m)
 }

@@ -11,6 +11,7 @@ use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
 use crate::artifact::tar_hash::HashingWriter;
 use crate::artifact::{artifact_name, bbr_time, BackupMetadata};
+use crate::codec::{Codec, Counting, Encoder};
 use crate::events::{Event, Phase};
 use crate::instance::ARTIFACT_ROOT;
 use crate::metered::{percent_steps, MeteredWriter};
@@ -31,6 +32,8 @@ pub struct BackupOptions {
     pub origin: BTreeMap<String, String>,
     /// `manifest.yml` to store beside the artifacts (`--with-manifest`).
     pub manifest: Option<Vec<u8>>,
+    /// Compression and encryption of the stored tars (default: plain, bbr's layout).
+    pub codec: Codec,
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +121,17 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             return out;
         }
     };
-    let checks = out.timings.phase(ctx, Phase::Check, backupable_checks(ctx, &dep)).await;
+    let checks = out
+        .timings
+        .phase(ctx, Phase::Check, async {
+            let mut checks = backupable_checks(ctx, &dep).await;
+            // The store must be reachable before anything is locked.
+            if let Err(e) = store.preflight().await {
+                checks.push(FailureKind::General, e.context(format!("the store {} cannot take the backup", store.describe())));
+            }
+            checks
+        })
+        .await;
     if !checks.is_empty() {
         out.failures.extend(checks);
         return out;
@@ -212,7 +225,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     let mut drain_ok = false;
     if backup_ok && !ctx.cancelled() {
         let meta = Mutex::new(&mut metadata);
-        let errors = out.timings.phase(ctx, Phase::Drain, drain_all(ctx, dep, &writer, &meta)).await;
+        let errors = out.timings.phase(ctx, Phase::Drain, drain_all(ctx, dep, &writer, &meta, &opts.codec)).await;
         drain_ok = errors.is_empty();
         record(&mut out.failures, FailureKind::Drain, errors);
     }
@@ -249,11 +262,25 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         let finished = Utc::now();
         metadata.backup_activity.finish_time = bbr_time(finished);
         if let Some(manifest) = &opts.manifest {
-            if let Err(e) = writer.put("manifest.yml", manifest).await {
+            // The manifest holds the deployment's secrets: encrypted whenever the tars are.
+            let stored = if opts.codec.encrypted() {
+                crate::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
+            } else {
+                Ok(("manifest.yml", manifest.clone()))
+            };
+            let r = match stored {
+                Ok((file, bytes)) => writer.put(file, &bytes).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
                 out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
             }
         }
-        let marker = CommitMarker {
+        // A replica that failed is not an error while enough copies remain: say which.
+        for w in store.warnings() {
+            ctx.warn(w);
+        }
+        let mut marker = CommitMarker {
             format_version: FORMAT_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             deployment: dep.name.clone(),
@@ -264,9 +291,13 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             objects: BTreeMap::new(),
             phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
             lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
-            warnings: out.failures.0.iter().map(|f| f.to_string()).collect(),
+            warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
             origin: opts.origin.clone(),
+            compression: String::new(),
+            encrypted: false,
+            encryption: None,
         };
+        marker.set_codec(&opts.codec);
         let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
         match commit {
             Ok(()) if out.failures.has(FailureKind::General) => {}
@@ -286,11 +317,17 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
 }
 
 /// Drains every backupable job's artifact, in parallel.
-async fn drain_all(ctx: &Ctx, dep: &Deployment, writer: &ArtifactWriter<'_>, meta: &Mutex<&mut BackupMetadata>) -> Vec<anyhow::Error> {
+async fn drain_all(
+    ctx: &Ctx,
+    dep: &Deployment,
+    writer: &ArtifactWriter<'_>,
+    meta: &Mutex<&mut BackupMetadata>,
+    codec: &Codec,
+) -> Vec<anyhow::Error> {
     let jobs = dep.jobs_where(|j| j.backupable());
     let results = bounded(ctx.max_in_flight, jobs, |at| async move {
         let (inst, job) = dep.job(at);
-        let sums = cancellable(ctx, drain_one(ctx, dep, at, writer)).await.map_err(|e| {
+        let sums = cancellable(ctx, drain_one(ctx, dep, at, writer, codec)).await.map_err(|e| {
             if e.is::<Cancelled>() { e } else { anyhow!("Failed to drain the artifact of job {} on {}: {e:#}", job.name, inst.id()) }
         })?;
         let id = inst.id();
@@ -308,11 +345,22 @@ async fn drain_all(ctx: &Ctx, dep: &Deployment, writer: &ArtifactWriter<'_>, met
 
 /// Streams one job's artifact into the store, checksumming each file on the way, and
 /// compares with the checksums computed on the instance.
-async fn drain_one(ctx: &Ctx, dep: &Deployment, at: JobAt, writer: &ArtifactWriter<'_>) -> anyhow::Result<crate::artifact::tar_hash::Checksums> {
+///
+/// ```text
+/// tar stream -> HashingWriter (sha256 per file) -> Counting (progress)
+///            -> Encoder (compress, encrypt) -> MeteredWriter (stored sha256, size) -> object
+/// ```
+async fn drain_one(
+    ctx: &Ctx,
+    dep: &Deployment,
+    at: JobAt,
+    writer: &ArtifactWriter<'_>,
+    codec: &Codec,
+) -> anyhow::Result<crate::artifact::tar_hash::Checksums> {
     let (inst, job) = dep.job(at);
     let id = inst.id().clone();
     let artifact = job.artifact_name();
-    let file = artifact_file_name(&id, artifact);
+    let file = codec.stored_name(&artifact_file_name(&id, artifact));
     let size = inst.artifact_size(artifact).await.unwrap_or(0);
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: job.name.clone(), size });
     let start = Instant::now();
@@ -320,9 +368,14 @@ async fn drain_one(ctx: &Ctx, dep: &Deployment, at: JobAt, writer: &ArtifactWrit
     let object = writer.create(&file).await?;
     let events = ctx.events.clone();
     let (pid, pjob) = (id.clone(), job.name.clone());
-    let mut sink = HashingWriter::new(MeteredWriter::new(object).with_progress(percent_steps(size, 10, move |bytes, _| {
+    let progress = percent_steps(size, 10, move |bytes, _| {
         events.emit(Event::TransferProgress { instance: pid.clone(), job: pjob.clone(), bytes, size });
-    })));
+    });
+    let encoder = match Encoder::new(MeteredWriter::new(object), codec) {
+        Ok(e) => e,
+        Err(e) => return Err(e.context("starting the compressor/encryptor")),
+    };
+    let mut sink = HashingWriter::new(Counting::new(encoder, Some(progress)));
     let stream = async {
         inst.stream_artifact(artifact, &mut sink).await?;
         sink.shutdown().await.context("finishing the stored object")?;
@@ -330,8 +383,9 @@ async fn drain_one(ctx: &Ctx, dep: &Deployment, at: JobAt, writer: &ArtifactWrit
     };
     // The instance computes its own checksums while the stream runs.
     let (streamed, remote) = tokio::join!(stream, inst.checksum_artifact(artifact));
-    let (metered, hasher) = sink.into_parts();
-    let (object, bytes, sha256) = metered.into_parts();
+    let (counting, hasher) = sink.into_parts();
+    let bytes = counting.bytes();
+    let (object, _stored_bytes, sha256) = counting.into_inner().into_inner().into_parts();
     if let Err(e) = streamed {
         object.abort().await;
         return Err(e);

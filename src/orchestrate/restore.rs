@@ -12,6 +12,7 @@ use super::discover::{discover, Deployment};
 use super::{artifact_env, bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
 use crate::artifact::tar_hash::HashingReader;
+use crate::codec::{self, Identities};
 use crate::events::{Event, Phase};
 use crate::instance::InstanceRef;
 use crate::model::{Direction, ScriptKind};
@@ -27,12 +28,27 @@ pub struct RestoreOutcome {
     pub timings: Timings,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Accept an artifact without lockstep's commit marker (one made by `bbr`), named
+    /// explicitly by the operator.
+    pub accept_bbr: bool,
+    /// age identities for an encrypted artifact.
+    pub identities: Identities,
+}
+
 /// Restores artifact `name` from `store` onto `target`. `accept_bbr` accepts an artifact
 /// without lockstep's commit marker (one made by `bbr`), named explicitly by the operator.
 pub async fn restore(ctx: &Ctx, target: &dyn Target, store: &dyn Store, name: &str, accept_bbr: bool) -> RestoreOutcome {
+    restore_with(ctx, target, store, name, &RestoreOptions { accept_bbr, ..Default::default() }).await
+}
+
+/// [`restore`], with identities for an encrypted artifact.
+pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, name: &str, opts: &RestoreOptions) -> RestoreOutcome {
     let mut out = RestoreOutcome::default();
+    let ids = &opts.identities;
     // 1. The artifact must be intact before any instance is touched.
-    let art = match out.timings.phase(ctx, Phase::Verify, open_and_verify(ctx, store, name, accept_bbr)).await {
+    let art = match out.timings.phase(ctx, Phase::Verify, open_and_verify_with(ctx, store, name, opts.accept_bbr, ids)).await {
         Ok(a) => a,
         Err(e) => {
             out.failures.push(FailureKind::General, e);
@@ -62,7 +78,7 @@ pub async fn restore(ctx: &Ctx, target: &dyn Target, store: &dyn Store, name: &s
         .phase(ctx, Phase::Upload, bounded(ctx.max_in_flight, uploads, |(i, entry)| {
             let inst = &dep.instances[i].instance;
             let art = &art;
-            async move { cancellable(ctx, upload_one(ctx, store, art, inst, entry)).await }
+            async move { cancellable(ctx, upload_one(ctx, store, art, inst, entry, ids)).await }
         }))
         .await;
     let mut upload_ok = true;
@@ -134,7 +150,24 @@ pub async fn restore(ctx: &Ctx, target: &dyn Target, store: &dyn Store, name: &s
 
 /// Opens the artifact and re-hashes every file against its metadata.
 pub async fn open_and_verify(ctx: &Ctx, store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Result<StoredArtifact> {
+    open_and_verify_with(ctx, store, name, accept_bbr, &Identities::none()).await
+}
+
+/// [`open_and_verify`], decrypting with `ids` when the artifact is encrypted.
+pub async fn open_and_verify_with(
+    ctx: &Ctx,
+    store: &dyn Store,
+    name: &str,
+    accept_bbr: bool,
+    ids: &Identities,
+) -> anyhow::Result<StoredArtifact> {
     let art = stored::open(store, name, accept_bbr).await?;
+    if art.codec.encrypted() && ids.is_empty() {
+        anyhow::bail!(
+            "artifact {name} is encrypted (age, to {}): give --identity FILE with the matching age identity",
+            art.codec.recipients.join(", ")
+        );
+    }
     if art.marker.is_none() {
         ctx.warn(format!("{name} has no lockstep.json: treating it as an artifact made by bbr"));
     } else if art.marker.as_ref().is_some_and(|m| m.lock_free) {
@@ -143,7 +176,7 @@ pub async fn open_and_verify(ctx: &Ctx, store: &dyn Store, name: &str, accept_bb
     if art.entries().is_empty() {
         anyhow::bail!("Backup is corrupted: artifact {name} lists no backed-up jobs in its metadata");
     }
-    let problems = stored::verify(store, &art).await;
+    let problems = stored::verify_with(store, &art, ids).await;
     if !problems.is_empty() {
         anyhow::bail!("Backup is corrupted: {} problem(s) in {name}:\n  {}", problems.len(), problems.join("\n  "));
     }
@@ -227,13 +260,20 @@ fn upload_plan(dep: &Deployment, art: &StoredArtifact) -> Vec<(usize, ArtifactEn
     plan
 }
 
-async fn upload_one(ctx: &Ctx, store: &dyn Store, art: &StoredArtifact, inst: &InstanceRef, entry: ArtifactEntry) -> anyhow::Result<()> {
+async fn upload_one(
+    ctx: &Ctx,
+    store: &dyn Store,
+    art: &StoredArtifact,
+    inst: &InstanceRef,
+    entry: ArtifactEntry,
+    ids: &Identities,
+) -> anyhow::Result<()> {
     let id = inst.id().clone();
-    let key = format!("{}/{}", art.name, entry.file);
-    let size = art.marker.as_ref().and_then(|m| m.objects.get(&entry.file)).map(|o| o.size).unwrap_or(0);
+    let key = format!("{}/{}", art.name, entry.stored);
+    let size = art.marker.as_ref().and_then(|m| m.objects.get(&entry.stored)).map(|o| o.size).unwrap_or(0);
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: entry.name.clone(), size });
     let start = Instant::now();
-    let reader = store.open(&key).await?;
+    let reader = codec::decoder(store.open(&key).await?, &art.codec, ids)?;
     let mut hashing = HashingReader::new(reader);
     inst.receive_artifact(&entry.name, &mut hashing).await?;
     let (_, hasher) = hashing.into_parts();

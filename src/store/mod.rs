@@ -4,6 +4,9 @@
 //! decided by [`crate::artifact`] (the `lockstep.json` commit marker).
 
 pub mod local;
+pub mod replicas;
+pub mod s3;
+pub mod url;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,6 +39,16 @@ pub struct NotFound {
 pub trait Store: Send + Sync {
     /// For messages: `file:///backups`, `s3://bucket/prefix`. Never includes secrets.
     fn describe(&self) -> String;
+    /// Checks the store can be reached with the credentials given (bucket exists, listing
+    /// allowed), so a backup fails before anything is locked rather than at the drain.
+    async fn preflight(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Problems that did not fail the operation (a replica that lost its copy), for the
+    /// commit marker and the log.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>>;
     /// Opens an object for streaming; a missing key is a [`NotFound`] error.
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>>;

@@ -1,0 +1,559 @@
+//! A store in an S3 bucket (AWS or any S3-compatible server), over `object_store`.
+//!
+//! Writing streams with bounded memory: bytes fill one part buffer of `part_size`; a full
+//! buffer becomes a multipart part uploaded in the background, at most
+//! [`PARTS_IN_FLIGHT`] at once (the writer stops accepting bytes while that many are
+//! uploading). Memory per object is about `part_size x (PARTS_IN_FLIGHT + 1)`, whatever
+//! the object's size, and nothing is staged on local disk. An object smaller than one part
+//! is sent with a single PUT on commit.
+//!
+//! Nothing is visible under the key until [`ObjectWriter::commit`] (the multipart upload
+//! is completed, or the single PUT sent). [`ObjectWriter::abort`], or dropping an
+//! uncommitted writer, aborts the multipart upload so no parts stay billed in the bucket.
+//!
+//! Requests are retried with exponential backoff on throttling, 5xx answers and dropped
+//! connections (`max_retries`, `retry_timeout_seconds`). Errors say what to do: wrong
+//! credentials, a missing bucket, an unreachable endpoint, an untrusted certificate.
+
+use super::url::S3Config;
+use super::{check_key, NotFound, ObjectInfo, ObjectWriter, Store};
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, Certificate, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, RetryConfig,
+};
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+
+/// Default multipart part size: 16 MiB keeps S3's 10,000-part limit at 156 GiB per object
+/// and memory at about 80 MiB per upload.
+pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// Parts uploading concurrently per object.
+pub const PARTS_IN_FLIGHT: usize = 4;
+/// Parts uploading concurrently per store, across every object being written (parallel
+/// drains, replicas): memory is at most about `part_size x (STORE_PARTS_IN_FLIGHT +
+/// objects being written)`, 64 MiB plus 16 MiB per stream with the defaults.
+pub const STORE_PARTS_IN_FLIGHT: usize = 4;
+
+pub struct S3Store {
+    inner: Arc<dyn ObjectStore>,
+    config: S3Config,
+    part_size: usize,
+    /// Aborts started by writers dropped mid-upload (a cancelled drain). Listing waits for
+    /// them, so the cleanup after a stopped backup (which lists, then deletes) finds no
+    /// upload still open in the bucket.
+    pending_aborts: PendingAborts,
+    parts_budget: Arc<tokio::sync::Semaphore>,
+}
+
+type PendingAborts = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("config", &self.config).field("part_size", &self.part_size).finish()
+    }
+}
+
+/// Reads `ca_bundle`: PEM text, or a path to a PEM file.
+fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
+    let pem = if bundle.contains("-----BEGIN") {
+        bundle.as_bytes().to_vec()
+    } else {
+        std::fs::read(bundle).with_context(|| format!("reading ca_bundle {bundle}"))?
+    };
+    let certs = Certificate::from_pem_bundle(&pem).context("ca_bundle is not a PEM certificate bundle")?;
+    if certs.is_empty() {
+        anyhow::bail!("ca_bundle holds no certificate");
+    }
+    Ok(certs)
+}
+
+impl S3Store {
+    /// Builds the client; makes no request (see [`Store::preflight`]).
+    pub fn new(config: &S3Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let c = config;
+        // The credential chain (web identity, container and instance roles) comes from
+        // the environment; explicit values below win over it.
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&c.bucket)
+            .with_region(c.region_name.clone().unwrap_or_else(|| "us-east-1".to_string()));
+        if let (Some(key), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
+            b = b.with_access_key_id(key).with_secret_access_key(secret);
+            b = match &c.session_token {
+                Some(t) => b.with_token(t),
+                None => b.with_config(AmazonS3ConfigKey::Token, ""),
+            };
+        }
+        if let Some(endpoint) = &c.endpoint {
+            let endpoint = endpoint.trim_end_matches('/');
+            if c.use_path_style {
+                b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+            } else {
+                // Virtual-hosted style against a custom endpoint: the bucket is a host label.
+                let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", endpoint));
+                b = b.with_endpoint(format!("{scheme}://{}.{host}", c.bucket)).with_virtual_hosted_style_request(true);
+            }
+        } else {
+            b = b.with_virtual_hosted_style_request(!c.use_path_style);
+        }
+        match c.server_side_encryption.as_deref() {
+            Some("aws:kms") => b = b.with_sse_kms_encryption(c.sse_kms_key_id.clone().unwrap_or_default()),
+            Some(sse) => {
+                let key = AmazonS3ConfigKey::from_str("aws_server_side_encryption").expect("a known key");
+                b = b.with_config(key, sse);
+            }
+            None => {}
+        }
+        let mut opts = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            // One request carries at most one part: allow a slow link time to send it.
+            .with_timeout(Duration::from_secs(300))
+            .with_allow_invalid_certificates(c.skip_ssl_verification)
+            .with_allow_http(c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+        if let Some(bundle) = &c.ca_bundle {
+            for cert in ca_certificates(bundle)? {
+                opts = opts.with_root_certificate(cert);
+            }
+        }
+        b = b.with_client_options(opts).with_retry(RetryConfig {
+            backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(15), base: 2.0 },
+            max_retries: c.max_retries.unwrap_or(10),
+            retry_timeout: Duration::from_secs(c.retry_timeout_seconds.unwrap_or(180)),
+        });
+        let inner = b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?;
+        let part_size = c.part_size_mib.map(|m| m as usize * 1024 * 1024).unwrap_or(DEFAULT_PART_SIZE);
+        Ok(S3Store { inner: Arc::new(inner), config: c.clone(), part_size,
+            pending_aborts: Default::default(),
+            parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
+        })
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.config.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.config.prefix) }
+    }
+
+    fn path(&self, key: &str) -> anyhow::Result<Path> {
+        check_key(key)?;
+        Path::parse(self.full_key(key)).map_err(|e| anyhow!("invalid object key {key:?}: {e}"))
+    }
+
+    fn explain(&self, e: object_store::Error, doing: &str) -> anyhow::Error {
+        explain(&self.config, e, doing)
+    }
+
+    /// Waits (a bounded time) for the aborts of dropped writers.
+    async fn settle(&self) {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pending_aborts.lock().unwrap());
+        if !handles.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(handles)).await;
+        }
+    }
+}
+
+/// Turns an `object_store` error into one that says what to do. The original error is
+/// kept as the cause; it names the request URL, never a credential.
+pub fn explain(c: &S3Config, e: object_store::Error, doing: &str) -> anyhow::Error {
+    // object_store's messages repeat their sources; add only what is new.
+    let mut chain = format!("{e}");
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !chain.contains(&t) {
+            chain.push_str(&format!(": {t}"));
+        }
+        src = s.source();
+    }
+    let where_ = c.describe();
+    let advice = if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed"]
+        .iter()
+        .any(|k| chain.contains(k))
+    {
+        format!(
+            "S3 refused the credentials while {doing} ({where_}): check the access key id and secret \
+             (--s3-access-key-id/--s3-secret-access-key, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and the session token if any"
+        )
+    } else if chain.contains("NoSuchBucket") {
+        format!(
+            "the bucket {:?} does not exist at {} while {doing}: create it, or fix the bucket name in the store URL",
+            c.bucket,
+            c.endpoint.as_deref().unwrap_or("AWS S3")
+        )
+    } else if chain.contains("AccessDenied") || chain.contains("403 Forbidden") || matches!(e, object_store::Error::PermissionDenied { .. }) {
+        format!("S3 denied access while {doing} ({where_}): the credentials are valid but lack permission for this bucket or prefix")
+    } else if ["certificate", "UnknownIssuer", "CertificateRequired", "invalid peer certificate"].iter().any(|k| chain.contains(k)) {
+        format!(
+            "the TLS certificate of {} is not trusted while {doing}: give its CA with ca_bundle=PATH (or skip_ssl_verification=true, for testing only)",
+            c.endpoint.as_deref().unwrap_or("the S3 endpoint")
+        )
+    } else if ["error sending request", "Connection refused", "connection error", "tcp connect", "dns error", "timed out", "connection closed"]
+        .iter()
+        .any(|k| chain.contains(k))
+    {
+        format!(
+            "cannot reach the S3 endpoint {} while {doing} (gave up after retrying): check the endpoint and the network",
+            c.endpoint.as_deref().unwrap_or("(AWS S3)")
+        )
+    } else {
+        format!("S3 request failed while {doing} ({where_})")
+    };
+    anyhow!("{chain}").context(advice)
+}
+
+type StartFuture = BoxFuture<'static, object_store::Result<Box<dyn MultipartUpload>>>;
+type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// Uploads one part in the background, holding a place in the store's budget until done.
+fn spawn_part(upload: &mut Box<dyn MultipartUpload>, data: PutPayload, permit: Permit) -> JoinHandle<object_store::Result<()>> {
+    let fut = upload.put_part(data);
+    tokio::spawn(async move {
+        let r = fut.await;
+        drop(permit);
+        r
+    })
+}
+
+enum State {
+    /// Less than one part written: no request made yet.
+    Buffering,
+    /// The multipart upload is being created; `first` is the first part's data.
+    Starting { fut: StartFuture, first: Option<(PutPayload, Permit)> },
+    Uploading { upload: Box<dyn MultipartUpload>, parts: FuturesUnordered<JoinHandle<object_store::Result<()>>> },
+    Failed(String),
+    /// Committed or aborted.
+    Finished,
+}
+
+struct S3Writer {
+    pending_aborts: PendingAborts,
+    budget: tokio_util::sync::PollSemaphore,
+    /// A place in the store's budget, acquired for the next part.
+    permit: Permit,
+    store: Arc<dyn ObjectStore>,
+    config: S3Config,
+    path: Path,
+    part_size: usize,
+    buf: Vec<u8>,
+    state: State,
+    size: u64,
+    /// `shutdown` completed: every part is uploaded.
+    closed: bool,
+}
+
+impl S3Writer {
+    fn fail(&mut self, e: object_store::Error, doing: &str) -> io::Error {
+        let err = explain(&self.config, e, doing);
+        let msg = format!("{err:#}");
+        self.state = State::Failed(msg.clone());
+        io::Error::other(msg)
+    }
+
+    /// Hands the full (or, at shutdown, final) buffer to the upload.
+    fn take_part(&mut self) -> PutPayload {
+        let data = std::mem::take(&mut self.buf);
+        PutPayload::from(data)
+    }
+
+    /// Drives the upload: creates it if needed, reaps finished parts, sends `first`.
+    /// Ready when the number of parts in flight is below `limit`.
+    fn poll_progress(&mut self, cx: &mut TaskContext<'_>, limit: usize) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.state {
+                State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
+                State::Finished => return Poll::Ready(Err(io::Error::other("object already committed or aborted"))),
+                State::Buffering => return Poll::Ready(Ok(())),
+                State::Starting { fut, first } => match ready!(fut.poll_unpin(cx)) {
+                    Ok(mut upload) => {
+                        let parts = FuturesUnordered::new();
+                        if let Some((p, permit)) = first.take() {
+                            parts.push(spawn_part(&mut upload, p, permit));
+                        }
+                        self.state = State::Uploading { upload, parts };
+                    }
+                    Err(e) => return Poll::Ready(Err(self.fail(e, "starting a multipart upload"))),
+                },
+                State::Uploading { parts, .. } => {
+                    while !parts.is_empty() {
+                        match parts.poll_next_unpin(cx) {
+                            Poll::Ready(Some(Ok(Ok(())))) => {}
+                            Poll::Ready(Some(Ok(Err(e)))) => return Poll::Ready(Err(self.fail(e, "uploading a part"))),
+                            Poll::Ready(Some(Err(join))) => {
+                                let msg = format!("a part upload task failed: {join}");
+                                self.state = State::Failed(msg.clone());
+                                return Poll::Ready(Err(io::Error::other(msg)));
+                            }
+                            Poll::Ready(None) => break,
+                            Poll::Pending => break,
+                        }
+                    }
+                    let State::Uploading { parts, .. } = &self.state else { unreachable!() };
+                    return if parts.len() < limit { Poll::Ready(Ok(())) } else { Poll::Pending };
+                }
+            }
+        }
+    }
+
+    /// Ready once this writer holds a place in the store's budget for its next part.
+    fn poll_permit(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.permit.is_none() {
+            match self.budget.poll_acquire(cx) {
+                Poll::Ready(p) => self.permit = p,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    fn send_part(&mut self) {
+        let part = self.take_part();
+        let permit = self.permit.take();
+        match &mut self.state {
+            State::Buffering => {
+                let store = self.store.clone();
+                let path = self.path.clone();
+                let fut = async move { store.put_multipart_opts(&path, PutMultipartOptions::default()).await }.boxed();
+                self.state = State::Starting { fut, first: Some((part, permit)) };
+            }
+            State::Uploading { upload, parts } => parts.push(spawn_part(upload, part, permit)),
+            _ => unreachable!("send_part is only called when ready"),
+        }
+    }
+
+    /// Aborts whatever was started, in the background (for `Drop`).
+    fn abort_in_background(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Finished);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let task = match state {
+            State::Starting { fut, .. } => handle.spawn(async move {
+                if let Ok(mut u) = fut.await {
+                    let _ = u.abort().await;
+                }
+            }),
+            State::Uploading { upload, parts } => handle.spawn(abort_upload(upload, parts)),
+            _ => return,
+        };
+        let mut pending = self.pending_aborts.lock().unwrap();
+        pending.retain(|h| !h.is_finished());
+        pending.push(task);
+    }
+}
+
+/// Aborts a multipart upload. Parts still uploading are let finish first (for a bounded
+/// time): a part that lands after the abort would stay in the bucket, billed and unseen.
+async fn abort_upload(mut upload: Box<dyn MultipartUpload>, parts: FuturesUnordered<JoinHandle<object_store::Result<()>>>) {
+    let _ = tokio::time::timeout(Duration::from_secs(60), parts.collect::<Vec<_>>()).await;
+    let _ = upload.abort().await;
+}
+
+impl AsyncWrite for S3Writer {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.closed {
+            return Poll::Ready(Err(io::Error::other("write after shutdown")));
+        }
+        // Backpressure: wait while the upload has as many parts in flight as allowed, and
+        // while a full part waits for a place in the store's budget.
+        ready!(this.poll_progress(cx, PARTS_IN_FLIGHT))?;
+        if this.buf.len() == this.part_size {
+            ready!(this.poll_permit(cx));
+            this.send_part();
+            ready!(this.poll_progress(cx, PARTS_IN_FLIGHT))?;
+        }
+        let room = this.part_size - this.buf.len();
+        let n = room.min(data.len());
+        if this.buf.capacity() < this.part_size && this.buf.len() + n > this.buf.capacity() {
+            // Small objects stay small; a second write means a stream: take one whole part
+            // at once (pages are only touched as they fill) rather than growing by copies.
+            let want = if this.buf.is_empty() { n.max(64 * 1024) } else { this.part_size };
+            this.buf.reserve_exact(want.min(this.part_size) - this.buf.len());
+        }
+        this.buf.extend_from_slice(&data[..n]);
+        this.size += n as u64;
+        if this.buf.len() == this.part_size && this.poll_permit(cx).is_ready() {
+            this.send_part();
+            // Start the request now rather than on the next write.
+            if let Poll::Ready(Err(e)) = this.poll_progress(cx, usize::MAX) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        // Parts are sent whole; there is nothing to flush before shutdown.
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends the last part and waits for every part: after this only `commit` remains.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            match &this.state {
+                State::Buffering => {
+                    // Smaller than one part: sent by a single PUT on commit.
+                    this.closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                State::Starting { .. } => {
+                    ready!(this.poll_progress(cx, usize::MAX))?;
+                }
+                State::Uploading { .. } => {
+                    if !this.buf.is_empty() {
+                        ready!(this.poll_permit(cx));
+                        this.send_part();
+                    }
+                    ready!(this.poll_progress(cx, 1))?;
+                    this.closed = true;
+                    return Poll::Ready(Ok(()));
+                }
+                State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
+                State::Finished => return Poll::Ready(Err(io::Error::other("object already committed or aborted"))),
+            }
+        }
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        self.abort_in_background();
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn commit(mut self: Box<Self>) -> anyhow::Result<u64> {
+        if !self.closed {
+            tokio::io::AsyncWriteExt::shutdown(&mut *self).await.context("finishing the upload")?;
+        }
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Buffering => {
+                let payload = self.take_part();
+                self.store
+                    .put_opts(&self.path, payload, PutOptions::default())
+                    .await
+                    .map_err(|e| explain(&self.config, e, &format!("storing {}", self.path)))?;
+            }
+            State::Uploading { mut upload, .. } => {
+                if let Err(e) = upload.complete().await {
+                    let _ = upload.abort().await;
+                    return Err(explain(&self.config, e, &format!("completing the upload of {}", self.path)));
+                }
+            }
+            State::Failed(m) => return Err(anyhow!(m)),
+            State::Starting { .. } | State::Finished => anyhow::bail!("object {} is not ready to commit", self.path),
+        }
+        Ok(self.size)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Starting { fut, .. } => {
+                if let Ok(Ok(mut u)) = tokio::time::timeout(Duration::from_secs(30), fut).await {
+                    let _ = u.abort().await;
+                }
+            }
+            State::Uploading { upload, parts } => abort_upload(upload, parts).await,
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        self.config.describe()
+    }
+
+    async fn preflight(&self) -> anyhow::Result<()> {
+        let prefix = if self.config.prefix.is_empty() { None } else { Some(Path::parse(&self.config.prefix)?) };
+        self.inner
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .map_err(|e| self.explain(e, &format!("listing {}", self.describe())))?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        let path = self.path(key)?;
+        Ok(Box::new(S3Writer {
+            pending_aborts: self.pending_aborts.clone(),
+            budget: tokio_util::sync::PollSemaphore::new(self.parts_budget.clone()),
+            permit: None,
+            store: self.inner.clone(),
+            config: self.config.clone(),
+            path,
+            part_size: self.part_size,
+            buf: Vec::new(),
+            state: State::Buffering,
+            size: 0,
+            closed: false,
+        }))
+    }
+
+    async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
+        let path = self.path(key)?;
+        match self.inner.get(&path).await {
+            Ok(r) => {
+                let config = self.config.clone();
+                let key = key.to_string();
+                let stream = r.into_stream().map_err(move |e| io::Error::other(format!("{:#}", explain(&config, e, &format!("reading {key}")))));
+                Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(NotFound { key: key.to_string(), store: self.describe() }.into()),
+            Err(e) => Err(self.explain(e, &format!("opening {key}"))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        self.settle().await;
+        // object_store lists whole path segments: list the directory part of the prefix
+        // and filter on the rest.
+        let full = self.full_key(prefix);
+        let dir = match full.rfind('/') {
+            Some(i) => &full[..i],
+            None if self.config.prefix.is_empty() => "",
+            None => &full[..0],
+        };
+        let dir_path = if dir.is_empty() { None } else { Some(Path::parse(dir).map_err(|e| anyhow!("invalid prefix {prefix:?}: {e}"))?) };
+        let strip = if self.config.prefix.is_empty() { String::new() } else { format!("{}/", self.config.prefix) };
+        let mut out: Vec<ObjectInfo> = self
+            .inner
+            .list(dir_path.as_ref())
+            .map_err(|e| self.explain(e, &format!("listing {}", self.describe())))
+            .try_filter_map(|meta| {
+                let key = meta.location.as_ref().strip_prefix(strip.as_str()).map(str::to_string);
+                futures::future::ready(Ok(key.filter(|k| k.starts_with(prefix)).map(|key| ObjectInfo { key, size: meta.size })))
+            })
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        let path = self.path(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.explain(e, &format!("deleting {key}"))),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Where artifacts go: `--store` URLs and the S3 configuration behind them.
+//!
+//! ```text
+//! file:///var/backups                      a local directory (bbr's layout)
+//! s3://BUCKET/PREFIX                       AWS S3, credentials from the environment
+//! s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&use_path_style=true&region_name=us-east-1
+//! ```
+//!
+//! Query keys are `s3-resource`'s source keys (see [`S3Config`]), so one vocabulary serves
+//! the CLI and the Concourse resource. Secrets are never accepted in a URL (it would show
+//! in process listings and logs): they come from flags or the standard `AWS_*` variables.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A parsed `--store` value.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // parsed once per command
+pub enum StoreUrl {
+    File(PathBuf),
+    S3(S3Config),
+}
+
+/// An S3 (or S3-compatible) store. Field names are `concourse/s3-resource`'s.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix (no leading or trailing `/`); artifacts are `<prefix>/<artifact>/...`.
+    #[serde(default)]
+    pub prefix: String,
+    /// `https://host:port` or `http://127.0.0.1:9000` for S3-compatible servers.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region_name: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible servers need.
+    #[serde(default)]
+    pub use_path_style: bool,
+    /// PEM CA certificate(s) to trust for the endpoint: the PEM text itself (as
+    /// `s3-resource` takes it) or a path to a PEM file (as the CLI takes it).
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    #[serde(default)]
+    pub skip_ssl_verification: bool,
+    /// `AES256` or `aws:kms`.
+    #[serde(default)]
+    pub server_side_encryption: Option<String>,
+    /// The KMS key for `aws:kms`.
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
+    /// Multipart part size in MiB (lockstep's own key; default 16). Memory per upload is
+    /// about this times 5 (four parts in flight plus the one filling).
+    #[serde(default)]
+    pub part_size_mib: Option<u64>,
+    /// Retries of a failed request (throttling, 5xx, dropped connections); default 10.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// Give up retrying one request after this many seconds; default 180.
+    #[serde(default)]
+    pub retry_timeout_seconds: Option<u64>,
+}
+
+impl S3Config {
+    /// The keys `s3-resource` defines that lockstep understands, plus lockstep's own
+    /// tuning keys, for validating a Concourse `source:`.
+    pub const KEYS: &'static [&'static str] = &[
+        "bucket",
+        "prefix",
+        "endpoint",
+        "region_name",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "use_path_style",
+        "ca_bundle",
+        "skip_ssl_verification",
+        "server_side_encryption",
+        "sse_kms_key_id",
+        "part_size_mib",
+        "max_retries",
+        "retry_timeout_seconds",
+    ];
+    /// Keys that hold secrets: never accepted in a URL, never printed.
+    pub const SECRET_KEYS: &'static [&'static str] = &["access_key_id", "secret_access_key", "session_token"];
+
+    /// Fills what is not set from the standard AWS environment variables:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+    pub fn fill_from_env(&mut self) {
+        self.fill_from(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    }
+
+    pub fn fill_from(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let first = |keys: &[&str]| keys.iter().find_map(|k| get(k));
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
+            self.access_key_id = get("AWS_ACCESS_KEY_ID");
+            self.secret_access_key = get("AWS_SECRET_ACCESS_KEY");
+            if self.session_token.is_none() {
+                self.session_token = get("AWS_SESSION_TOKEN");
+            }
+        }
+        if self.region_name.is_none() {
+            self.region_name = first(&["AWS_REGION", "AWS_DEFAULT_REGION"]);
+        }
+        if self.endpoint.is_none() {
+            self.endpoint = first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]);
+        }
+    }
+
+    /// `s3://bucket/prefix` (with the endpoint when not AWS). Never includes secrets.
+    pub fn describe(&self) -> String {
+        let mut s = format!("s3://{}", self.bucket);
+        if !self.prefix.is_empty() {
+            s.push('/');
+            s.push_str(&self.prefix);
+        }
+        if let Some(e) = &self.endpoint {
+            s.push_str(&format!(" at {e}"));
+        }
+        s
+    }
+
+    /// Checks values that would otherwise fail obscurely later.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.bucket.is_empty() {
+            bail!("the S3 store needs a bucket (s3://BUCKET/PREFIX)");
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            bail!(
+                "S3 credentials are incomplete: give both access_key_id and secret_access_key \
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither to use the instance's role"
+            );
+        }
+        match self.server_side_encryption.as_deref() {
+            None | Some("AES256") => {
+                if self.sse_kms_key_id.is_some() && self.server_side_encryption.is_some() {
+                    bail!("sse_kms_key_id needs server_side_encryption: aws:kms");
+                }
+            }
+            Some("aws:kms") => {}
+            Some(other) => bail!("server_side_encryption {other:?} is not supported: use AES256 or aws:kms"),
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            bail!("endpoint {e:?} must start with http:// or https://");
+        }
+        if self.part_size_mib.is_some_and(|p| !(5..=5120).contains(&p)) {
+            bail!("part_size_mib must be between 5 and 5120 (S3's limits)");
+        }
+        Ok(())
+    }
+}
+
+/// Secrets are shown as `<redacted>`; the access key id is shown by its first four
+/// characters only.
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region_name", &self.region_name)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|k| format!("{}…", k.chars().take(4).collect::<String>())))
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .field("use_path_style", &self.use_path_style)
+            .field("ca_bundle", &self.ca_bundle.as_ref().map(|c| if c.contains("-----BEGIN") { "<PEM>" } else { c.as_str() }))
+            .field("skip_ssl_verification", &self.skip_ssl_verification)
+            .field("server_side_encryption", &self.server_side_encryption)
+            .field("sse_kms_key_id", &self.sse_kms_key_id)
+            .field("part_size_mib", &self.part_size_mib)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout_seconds", &self.retry_timeout_seconds)
+            .finish()
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
+    match v {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => bail!("store URL: {key}={v:?} is not true or false"),
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) in a query value.
+fn percent_decode(s: &str) -> anyhow::Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let Some(b) = hex else { bail!("store URL: bad %-escape in {s:?}") };
+                out.push(b);
+                i += 3;
+            }
+            b'%' => bail!("store URL: bad %-escape in {s:?}"),
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).context("store URL: query value is not UTF-8")
+}
+
+impl StoreUrl {
+    /// Parses `file:///PATH` or `s3://BUCKET[/PREFIX][?key=value&...]`. A bare path is not
+    /// accepted (say `file://` so there is no doubt what is meant).
+    pub fn parse(url: &str) -> anyhow::Result<StoreUrl> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                bail!("store URL {url:?}: a file URL needs an absolute path, e.g. file:///var/backups");
+            }
+            if path.contains('?') {
+                bail!("store URL {url:?}: file URLs take no options");
+            }
+            return Ok(StoreUrl::File(PathBuf::from(path)));
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            bail!("store URL {url:?} is not understood: use s3://BUCKET/PREFIX or file:///PATH");
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty() {
+            bail!("store URL {url:?} names no bucket: use s3://BUCKET/PREFIX");
+        }
+        let mut c = S3Config { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), ..Default::default() };
+        if c.prefix.split('/').any(|p| p == "." || p == "..") || c.prefix.contains("//") {
+            bail!("store URL {url:?}: the prefix may not contain empty, `.` or `..` parts");
+        }
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            if S3Config::SECRET_KEYS.contains(&key) {
+                bail!(
+                    "store URL: {key} may not be given in a URL (it would show in process listings and logs); \
+                     use --s3-access-key-id/--s3-secret-access-key/--s3-session-token or \
+                     AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN"
+                );
+            }
+            let v = percent_decode(raw)?;
+            let num = |v: &str| v.parse::<u64>().with_context(|| format!("store URL: {key}={v:?} is not a number"));
+            match key {
+                "endpoint" => c.endpoint = Some(v),
+                "region_name" | "region" => c.region_name = Some(v),
+                "use_path_style" => c.use_path_style = parse_bool(key, &v)?,
+                "ca_bundle" => c.ca_bundle = Some(v),
+                "skip_ssl_verification" => c.skip_ssl_verification = parse_bool(key, &v)?,
+                "server_side_encryption" => c.server_side_encryption = Some(v),
+                "sse_kms_key_id" => c.sse_kms_key_id = Some(v),
+                "part_size_mib" => c.part_size_mib = Some(num(&v)?),
+                "max_retries" => c.max_retries = Some(num(&v)? as usize),
+                "retry_timeout_seconds" => c.retry_timeout_seconds = Some(num(&v)?),
+                _ => bail!(
+                    "store URL: unknown option {key:?}; allowed: endpoint, region_name, use_path_style, ca_bundle, \
+                     skip_ssl_verification, server_side_encryption, sse_kms_key_id, part_size_mib, max_retries, \
+                     retry_timeout_seconds"
+                ),
+            }
+        }
+        Ok(StoreUrl::S3(c))
+    }
+
+    /// For messages; never includes secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreUrl::File(p) => format!("file://{}", p.display()),
+            StoreUrl::S3(c) => c.describe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_s3_urls() {
+        assert_eq!(StoreUrl::parse("file:///var/backups").unwrap(), StoreUrl::File("/var/backups".into()));
+        assert!(StoreUrl::parse("file://relative").is_err());
+        let StoreUrl::S3(c) = StoreUrl::parse(
+            "s3://b/some/prefix/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&use_path_style=true&region_name=eu-west-1&server_side_encryption=aws:kms&sse_kms_key_id=k1&part_size_mib=8",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.bucket, "b");
+        assert_eq!(c.prefix, "some/prefix");
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(c.use_path_style);
+        assert_eq!(c.region_name.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.part_size_mib, Some(8));
+        c.validate().unwrap();
+        let StoreUrl::S3(c) = StoreUrl::parse("s3://bucket").unwrap() else { panic!() };
+        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bucket", ""));
+    }
+
+    #[test]
+    fn refuses_secrets_unknown_keys_and_bad_values() {
+        let e = StoreUrl::parse("s3://b/p?secret_access_key=hunter2").unwrap_err().to_string();
+        assert!(e.contains("may not be given in a URL") && !e.contains("hunter2"), "{e}");
+        assert!(StoreUrl::parse("s3://b/p?colour=red").unwrap_err().to_string().contains("allowed: endpoint"));
+        assert!(StoreUrl::parse("s3:///p").is_err());
+        assert!(StoreUrl::parse("s3://b/../x").is_err());
+        assert!(StoreUrl::parse("/tmp/x").unwrap_err().to_string().contains("file:///PATH"));
+        assert!(StoreUrl::parse("s3://b?use_path_style=maybe").is_err());
+        let StoreUrl::S3(c) = StoreUrl::parse("s3://b?server_side_encryption=rot13").unwrap() else { panic!() };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn environment_fills_only_what_is_missing() {
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKIAEXAMPLE".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("s3cr3t-value".to_string()),
+            "AWS_REGION" => Some("eu-central-1".to_string()),
+            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:1".to_string()),
+            _ => None,
+        };
+        let mut c = S3Config { bucket: "b".into(), region_name: Some("us-east-1".into()), ..Default::default() };
+        c.fill_from(env);
+        assert_eq!(c.access_key_id.as_deref(), Some("AKIAEXAMPLE"));
+        assert_eq!(c.region_name.as_deref(), Some("us-east-1"));
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        // Flags win over the environment, as a pair.
+        let mut c = S3Config { bucket: "b".into(), access_key_id: Some("A".into()), secret_access_key: Some("B".into()), ..Default::default() };
+        c.fill_from(env);
+        assert_eq!(c.secret_access_key.as_deref(), Some("B"));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = S3Config {
+            bucket: "b".into(),
+            access_key_id: Some("AKIAIOSFODNN7EXAMPLE".into()),
+            secret_access_key: Some("wJalrXUtnFEMI/K7MDENG".into()),
+            session_token: Some("FQoGZXIvYXdzEJr".into()),
+            ca_bundle: Some("-----BEGIN CERTIFICATE-----\nMIIB".into()),
+            ..Default::default()
+        };
+        let d = format!("{c:?} {c:#?}");
+        for secret in ["wJalrXUtnFEMI", "FQoGZXIvYXdzEJr", "AKIAIOSFODNN7EXAMPLE", "MIIB"] {
+            assert!(!d.contains(secret), "{d}");
+        }
+        assert!(d.contains("<redacted>") && d.contains("AKIA…"), "{d}");
+        let incomplete = S3Config { bucket: "b".into(), access_key_id: Some("A".into()), ..Default::default() };
+        assert!(incomplete.validate().unwrap_err().to_string().contains("incomplete"));
+    }
+
+    #[test]
+    fn s3_resource_source_keys_deserialize() {
+        let json = r#"{"bucket":"b","prefix":"p","endpoint":"https://s3.example","region_name":"r",
+            "access_key_id":"a","secret_access_key":"s","session_token":"t","use_path_style":true,
+            "ca_bundle":"-----BEGIN CERTIFICATE-----","skip_ssl_verification":true,
+            "server_side_encryption":"aws:kms","sse_kms_key_id":"k"}"#;
+        let c: S3Config = serde_json::from_str(json).unwrap();
+        assert!(c.use_path_style && c.skip_ssl_verification);
+        assert_eq!(c.sse_kms_key_id.as_deref(), Some("k"));
+        c.validate().unwrap();
+    }
+}
