@@ -52,8 +52,12 @@ pub enum Command {
     /// Back up or restore a deployment whose instances are local directories standing in
     /// for `/` (used by the demo and the tests).
     Local(LocalArgs),
-    /// Back up or restore a BOSH director over SSH, as `bbr director`.
+    /// Back up or restore a BOSH director over SSH, as `bbr director` (with its host key
+    /// verified).
     Director(DirectorArgs),
+    /// Back up or restore any set of SSH hosts that carry BBR scripts, listed in an
+    /// inventory file (name, and per instance: group, index, address, username, key, host key).
+    Hosts(HostsArgs),
     /// Back up or restore a BOSH deployment through the director API, as `bbr deployment`.
     Deployment(DeploymentArgs),
     /// List the committed backup artifacts in a directory or store, oldest first, with
@@ -173,8 +177,69 @@ pub struct DirectorArgs {
     /// Path to the SSH private key.
     #[arg(long = "private-key-path", visible_alias = "key")]
     pub private_key_path: PathBuf,
+    /// Pin the director's host key ('ssh-ed25519 AAAA...') instead of using known_hosts.
+    #[arg(long, value_name = "LINE")]
+    pub host_public_key: Option<String>,
+    #[command(flatten)]
+    pub ssh: SshFlags,
     #[command(subcommand)]
     pub action: Action,
+}
+
+#[derive(Args, Debug)]
+pub struct HostsArgs {
+    /// The inventory YAML: `name:` (the deployment name) and `instances:` (group, index,
+    /// address, username, private_key_path or private_key, host_public_key or known_hosts_path).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    #[command(flatten)]
+    pub ssh: SshFlags,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// How instances are reached over SSH (shared by `director` and `hosts`).
+#[derive(Args, Debug, Clone)]
+pub struct SshFlags {
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Do not check host keys at all (a machine in the middle could take the backups).
+    #[arg(long)]
+    pub insecure_skip_host_key_check: bool,
+    /// Connect timeout: TCP, SSH handshake and authentication.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::hosts::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
+    #[arg(long, value_name = "DURATION", value_parser = crate::hosts::parse_duration)]
+    pub script_timeout: Option<std::time::Duration>,
+    /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
+    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    pub gateway: Option<String>,
+    /// The jump host's private key.
+    #[arg(long, value_name = "PATH")]
+    pub gateway_private_key_path: Option<PathBuf>,
+    /// Pin the jump host's host key.
+    #[arg(long, value_name = "LINE")]
+    pub gateway_host_public_key: Option<String>,
+}
+
+impl SshFlags {
+    fn options(&self) -> anyhow::Result<crate::hosts::SshOptions> {
+        let mut opts = crate::hosts::SshOptions::from_env();
+        opts.known_hosts_path = self.known_hosts.clone();
+        opts.insecure_skip_host_key_check = self.insecure_skip_host_key_check;
+        opts.connect_timeout = self.connect_timeout;
+        opts.script_timeout = self.script_timeout;
+        let flags = crate::hosts::GatewayFlags {
+            gateway: self.gateway.clone(),
+            private_key_path: self.gateway_private_key_path.clone(),
+            host_public_key: self.gateway_host_public_key.clone(),
+            bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(),
+        };
+        opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+        Ok(opts)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -378,10 +443,28 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             run_action(ctx, &target, &args.action, &tree).await
         }
         Command::Director(args) => {
-            bail!(
-                "the director target ({}) needs the SSH transport, which is not built yet; use `lockstep local` meanwhile",
-                args.host
-            )
+            let opts = args.ssh.options()?;
+            let target = crate::hosts::DirectorTarget::new(
+                &args.host,
+                &args.username,
+                &args.private_key_path,
+                args.host_public_key.as_deref(),
+                &opts,
+            )?;
+            for w in target.warnings() {
+                ctx.warn(w);
+            }
+            let tree = format!("lockstep director --host {} ...", args.host);
+            run_action(ctx, &target, &args.action, &tree).await
+        }
+        Command::Hosts(args) => {
+            let opts = args.ssh.options()?;
+            let target = crate::hosts::HostsTarget::from_file(&args.inventory, &opts)?;
+            for w in target.warnings() {
+                ctx.warn(w);
+            }
+            let tree = format!("lockstep hosts --inventory {} ...", args.inventory.display());
+            run_action(ctx, &target, &args.action, &tree).await
         }
         Command::Deployment(args) => {
             bail!("the deployment target ({}) needs the BOSH director API client, which is not built yet", args.target)
