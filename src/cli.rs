@@ -145,12 +145,78 @@ pub enum Command {
         #[command(flatten)]
         s3: S3Flags,
     },
+    /// Run an action with the configuration a Concourse resource's `source:` holds (JSON
+    /// or YAML), from $LOCKSTEP_CONFIG or --config FILE. This is what the tasks in tasks/ run.
+    Run(RunArgs),
+    /// Check a Concourse pipeline (and the task files it uses) as `fly validate-pipeline`
+    /// does, plus: task files exist and declare the params and inputs passed; every ((var))
+    /// is in the vars file.
+    ValidatePipeline {
+        /// The pipeline YAML.
+        file: PathBuf,
+        /// The vars file (`fly -l`): every ((var)) must be defined in it.
+        #[arg(long, short = 'l', value_name = "FILE")]
+        vars: Option<PathBuf>,
+        /// Where task files live (default: the directory above the pipeline's).
+        #[arg(long, value_name = "DIR")]
+        repo_root: Option<PathBuf>,
+    },
     /// Create a demo deployment, back it up, list and verify the backup, restore it into
     /// a fresh copy and show the data match. Needs no servers.
     Demo {
         /// Where to create the demo (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file (JSON or YAML); default: the LOCKSTEP_CONFIG variable.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: RunAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RunAction {
+    /// Check the target can be backed up (and the store reached). Locks nothing.
+    PreBackupCheck,
+    /// Back up the target into the store(s).
+    Backup {
+        /// Skip the lock and unlock scripts; the artifact is marked lock-free.
+        #[arg(long)]
+        unsafe_lock_free: bool,
+    },
+    /// Restore an artifact from the store (--artifact NAME) or a local artifact
+    /// directory (-a DIR, e.g. one a `get` fetched) onto the target.
+    Restore {
+        #[arg(long, value_name = "NAME", required_unless_present = "artifact_path", conflicts_with = "artifact_path")]
+        artifact: Option<String>,
+        #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
+        artifact_path: Option<PathBuf>,
+    },
+    /// Run every post-backup-unlock and remove the staging directories.
+    BackupCleanup,
+    /// Run every post-restore-unlock and remove the staging directories.
+    RestoreCleanup,
+    /// List the deployment's committed artifacts, oldest first.
+    List,
+    /// Re-hash every file of an artifact (default: the newest) against its metadata.
+    Verify {
+        artifact: Option<String>,
+    },
+    /// Bring an artifact back as a plain bbr artifact directory DIR/ARTIFACT.
+    Fetch {
+        artifact: String,
+        #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
+        artifact_path: PathBuf,
+    },
+    /// Apply the configuration's retention policy; print the plan first.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -416,7 +482,7 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 /// First SIGINT/SIGTERM: stop new work, finish owed unlocks and cleanup. Second: exit now.
-fn install_signal_handlers(ctx: &Ctx) {
+pub fn install_signal_handlers(ctx: &Ctx) {
     use tokio::signal::unix::{signal, SignalKind};
     let cancel = ctx.cancel.clone();
     let events = ctx.events.clone();
@@ -551,8 +617,124 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+        Command::Run(args) => run_configured(ctx, args).await,
+        Command::ValidatePipeline { file, vars, repo_root } => {
+            let report = crate::pipeline_check::check_pipeline_file(&file, vars.as_deref(), repo_root.as_deref())?;
+            for w in &report.warnings {
+                eprintln!("WARNING: {w}");
+            }
+            for e in &report.errors {
+                eprintln!("error: {e}");
+            }
+            if report.is_ok() {
+                eprintln!("{}: looks good ({} warning(s))", file.display(), report.warnings.len());
+                Ok(0)
+            } else {
+                eprintln!("{}: {} error(s)", file.display(), report.errors.len());
+                Ok(1)
+            }
+        }
         Command::Demo { dir } => crate::demo::run(ctx, dir).await,
     }
+}
+
+/// `lockstep run ACTION`: the configuration-driven actions the tasks use.
+async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
+    use crate::service;
+    let text = match &args.config {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => std::env::var("LOCKSTEP_CONFIG")
+            .map_err(|_| anyhow::anyhow!("no configuration: set LOCKSTEP_CONFIG (the resource's source, as JSON or YAML) or give --config FILE"))?,
+    };
+    let cfg = crate::config::Config::parse(&text).context("LOCKSTEP_CONFIG")?;
+    let mut tuned = Ctx::new(ctx.events.clone());
+    tuned.cancel = ctx.cancel.clone();
+    tuned.max_in_flight = ctx.max_in_flight;
+    service::tune(&mut tuned, &cfg);
+    let ctx = &tuned;
+    let (failures, timings, cleanup_cmd) = match &args.action {
+        RunAction::PreBackupCheck => {
+            cfg.open_store()?.preflight().await.context("the store is not usable")?;
+            let (f, t) = service::run_pre_backup_check(ctx, &cfg).await?;
+            let name = cfg.deployment_name().unwrap_or("the deployment");
+            ctx.info(if f.is_empty() { format!("Deployment '{name}' can be backed up.") } else { format!("Deployment '{name}' cannot be backed up.") });
+            (f, t, "backup-cleanup")
+        }
+        RunAction::Backup { unsafe_lock_free } => {
+            let out = service::run_backup(ctx, &cfg, *unsafe_lock_free, build_origin()).await?;
+            if let Some(a) = &out.artifact {
+                ctx.info(format!("Backup created: {a} in {}", cfg.store.describe()));
+            }
+            (out.failures, out.timings, "backup-cleanup")
+        }
+        RunAction::Restore { artifact, artifact_path } => {
+            let out = match (artifact, artifact_path) {
+                (Some(name), _) => service::restore_from_store(ctx, &cfg, name).await?,
+                (None, Some(dir)) => service::restore_from_dir(ctx, &cfg, dir).await?,
+                (None, None) => bail!("give --artifact NAME or -a DIR"),
+            };
+            (out.failures, out.timings, "restore-cleanup")
+        }
+        RunAction::BackupCleanup => {
+            let (f, t) = service::run_cleanup(ctx, &cfg, Direction::Backup).await?;
+            (f, t, "backup-cleanup")
+        }
+        RunAction::RestoreCleanup => {
+            let (f, t) = service::run_cleanup(ctx, &cfg, Direction::Restore).await?;
+            (f, t, "restore-cleanup")
+        }
+        RunAction::List => {
+            for name in service::committed(&cfg).await? {
+                let art = service::describe(&cfg, &name).await?;
+                let m = art.marker.as_ref().expect("committed");
+                println!(
+                    "{name}  {}  {}  finished {}{}",
+                    human_bytes(m.total_size()),
+                    service::codec_of(m),
+                    m.finished_at,
+                    if m.lock_free { "  LOCK-FREE" } else { "" }
+                );
+            }
+            return Ok(0);
+        }
+        RunAction::Verify { artifact } => {
+            let name = match artifact {
+                Some(a) => a.clone(),
+                None => service::newest(&cfg).await?,
+            };
+            return match service::verify(ctx, &cfg, &name).await {
+                Ok(_) => Ok(0),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    Ok(1)
+                }
+            };
+        }
+        RunAction::Fetch { artifact, artifact_path } => {
+            let dir = artifact_path.join(artifact);
+            let m = service::fetch_into(&cfg, artifact, &dir).await?;
+            ctx.info(format!("Fetched {artifact} into {} ({}), every file verified", dir.display(), human_bytes(m.total_size())));
+            return Ok(0);
+        }
+        RunAction::Prune { dry_run } => {
+            let (plan, done) = service::prune(&cfg, *dry_run).await?;
+            println!("{plan}");
+            match done {
+                None => println!("Dry run: nothing deleted."),
+                Some(done) => {
+                    println!("Deleted {} artifact(s), swept {} leftover(s)", done.deleted.len(), done.swept.len());
+                    if !done.errors.is_empty() {
+                        for e in &done.errors {
+                            eprintln!("error: {e}");
+                        }
+                        return Ok(1);
+                    }
+                }
+            }
+            return Ok(0);
+        }
+    };
+    Ok(finish(&failures, &timings, &format!("lockstep run {cleanup_cmd}")))
 }
 
 /// `--artifact-path DIR/NAME` for restore and verify: the store is DIR, the artifact NAME.

@@ -211,26 +211,15 @@ impl Identities {
         let mut ids = Vec::new();
         for path in paths {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading the identity file {}", path.display()))?;
-            let mut found = 0;
-            for (n, line) in text.lines().map(str::trim).enumerate() {
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let id = age::x25519::Identity::from_str(line).map_err(|_| {
-                    anyhow!(
-                        "{} line {}: not an age X25519 identity (AGE-SECRET-KEY-1...); passphrase, SSH and plugin identities are not supported",
-                        path.display(),
-                        n + 1
-                    )
-                })?;
-                ids.push(id);
-                found += 1;
-            }
-            if found == 0 {
-                bail!("{} holds no age identity (AGE-SECRET-KEY-1...)", path.display());
-            }
+            ids.extend(parse_identities(&text, &path.display().to_string())?);
         }
         Ok(Identities(Arc::new(ids)))
+    }
+
+    /// Parses identities given as text (the Concourse resource's `encryption.identity`);
+    /// `source` names where they came from in errors, which never quote the text.
+    pub fn from_text(text: &str, source: &str) -> anyhow::Result<Identities> {
+        Ok(Identities(Arc::new(parse_identities(text, source)?)))
     }
 
     pub fn from_identities(ids: Vec<age::x25519::Identity>) -> Identities {
@@ -241,6 +230,26 @@ impl Identities {
     pub fn recipients(&self) -> Vec<String> {
         self.0.iter().map(|i| i.to_public().to_string()).collect()
     }
+}
+
+fn parse_identities(text: &str, source: &str) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().map(str::trim).enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let id = age::x25519::Identity::from_str(line).map_err(|_| {
+            anyhow!(
+                "{source} line {}: not an age X25519 identity (AGE-SECRET-KEY-1...); passphrase, SSH and plugin identities are not supported",
+                n + 1
+            )
+        })?;
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        bail!("{source} holds no age identity (AGE-SECRET-KEY-1...)");
+    }
+    Ok(ids)
 }
 
 fn age_error(e: age::DecryptError, recipients: &[String]) -> io::Error {

@@ -24,6 +24,8 @@
 
 pub mod artifact;
 pub mod cli;
+pub mod concourse;
+pub mod config;
 pub mod codec;
 pub mod demo;
 pub mod events;
@@ -36,8 +38,21 @@ pub mod orchestrate;
 pub mod pipeline_check;
 pub mod report;
 pub mod retention;
+pub mod service;
 pub mod shell;
 pub mod store;
 pub mod target;
 pub mod testkit;
 pub mod transport;
+
+/// Called first by every binary. Multipart part buffers (16 MiB) come from mmap and go back
+/// to the system when freed; otherwise glibc's growing mmap threshold keeps freed parts in
+/// per-thread arenas and the process's RSS creeps far above what it holds. (musl, used for
+/// the image's static binaries, always returns large blocks.)
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's threshold; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
+}

@@ -2,12 +2,7 @@
 use clap::Parser;
 
 fn main() {
-    // Multipart part buffers (16 MiB) come from mmap and return to the system when freed;
-    // otherwise glibc's growing mmap threshold keeps freed parts in per-thread arenas and
-    // the process's RSS creeps far above what it holds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
+    lockstep::tune_allocator();
     let cli = lockstep::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

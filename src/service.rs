@@ -1,0 +1,152 @@
+//! Operations driven by a [`Config`]: what `lockstep run ACTION` (the tasks) and the
+//! Concourse resource (`check`, `in`, `out`) both do. Each is a thin composition of the
+//! orchestration, the store and the retention module; none prints to stdout.
+
+use crate::artifact::stored::{self, StoredArtifact};
+use crate::artifact::{parse_artifact_name, CommitMarker};
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::model::Direction;
+use crate::orchestrate::backup::{backup, BackupOptions, BackupOutcome};
+use crate::orchestrate::cleanup::cleanup;
+use crate::orchestrate::precheck::pre_backup_check;
+use crate::orchestrate::restore::{open_and_verify_with, restore_with, RestoreOptions, RestoreOutcome};
+use crate::orchestrate::{Ctx, Failures, Timings};
+use crate::retention::{self, Plan, Pruned};
+use crate::store::local::LocalStore;
+use anyhow::{anyhow, bail, Context};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Applies the configuration's tuning to a context.
+pub fn tune(ctx: &mut Ctx, cfg: &Config) {
+    if let Some(n) = cfg.max_in_flight {
+        ctx.max_in_flight = n;
+    }
+}
+
+pub async fn run_backup(ctx: &Ctx, cfg: &Config, unsafe_lock_free: bool, origin: BTreeMap<String, String>) -> anyhow::Result<BackupOutcome> {
+    let target = cfg.open_target()?;
+    let store = cfg.open_store()?;
+    let opts = BackupOptions { unsafe_lock_free, origin, manifest: None, codec: cfg.codec() };
+    Ok(backup(ctx, target.as_ref(), store.as_ref(), &opts).await)
+}
+
+/// Restores artifact `name` from the configured store.
+pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str) -> anyhow::Result<RestoreOutcome> {
+    let target = cfg.open_target()?;
+    let store = cfg.open_store()?;
+    let opts = RestoreOptions { accept_bbr: false, identities: cfg.identities()? };
+    Ok(restore_with(ctx, target.as_ref(), store.as_ref(), name, &opts).await)
+}
+
+/// Restores a local artifact directory (fetched by `get`, or made by bbr).
+pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path) -> anyhow::Result<RestoreOutcome> {
+    let target = cfg.open_target()?;
+    let (store, name) = crate::cli::split_artifact_path(dir)?;
+    let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()? };
+    Ok(restore_with(ctx, target.as_ref(), &store, &name, &opts).await)
+}
+
+pub async fn run_cleanup(ctx: &Ctx, cfg: &Config, dir: Direction) -> anyhow::Result<(Failures, Timings)> {
+    let target = cfg.open_target()?;
+    Ok(cleanup(ctx, target.as_ref(), dir).await)
+}
+
+pub async fn run_pre_backup_check(ctx: &Ctx, cfg: &Config) -> anyhow::Result<(Failures, Timings)> {
+    let target = cfg.open_target()?;
+    Ok(pre_backup_check(ctx, target.as_ref()).await)
+}
+
+/// Committed artifacts of the configured deployment (all deployments without a target),
+/// oldest first.
+pub async fn committed(cfg: &Config) -> anyhow::Result<Vec<String>> {
+    let store = cfg.open_store()?;
+    let names = stored::list(store.as_ref()).await?;
+    Ok(match cfg.deployment_name() {
+        Some(d) => names.into_iter().filter(|n| parse_artifact_name(n).is_some_and(|(dep, _)| dep == d)).collect(),
+        None => names,
+    })
+}
+
+/// Opens a committed artifact's marker and metadata.
+pub async fn describe(cfg: &Config, name: &str) -> anyhow::Result<StoredArtifact> {
+    let store = cfg.open_store()?;
+    stored::open(store.as_ref(), name, false).await.map_err(|e| {
+        if format!("{e:#}").contains("does not exist") {
+            anyhow!("artifact {name} no longer exists in {} (pruned or deleted?)", cfg.store.describe())
+        } else {
+            e
+        }
+    })
+}
+
+/// Re-hashes every file of an artifact against its metadata.
+pub async fn verify(ctx: &Ctx, cfg: &Config, name: &str) -> anyhow::Result<StoredArtifact> {
+    let store = cfg.open_store()?;
+    open_and_verify_with(ctx, store.as_ref(), name, false, &cfg.identities()?).await
+}
+
+/// Brings artifact `name` into `dir` itself (not a subdirectory) as a plain bbr artifact
+/// directory: decrypted, decompressed, every file re-hashed against `metadata`.
+pub async fn fetch_into(cfg: &Config, name: &str, dir: &Path) -> anyhow::Result<CommitMarker> {
+    let store = cfg.open_store()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Fetch into a private staging root beside the final files, then move them up: a
+    // failed fetch leaves nothing that looks like an artifact.
+    let staging = dir.join(".lockstep-fetch");
+    let _ = std::fs::remove_dir_all(&staging);
+    let dest = LocalStore::new(&staging);
+    let result = stored::fetch(store.as_ref(), name, &dest, &cfg.identities()?).await;
+    let marker = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let fetched = staging.join(name);
+    for entry in std::fs::read_dir(&fetched).with_context(|| format!("reading {}", fetched.display()))? {
+        let entry = entry?;
+        std::fs::rename(entry.path(), dir.join(entry.file_name()))?;
+    }
+    std::fs::remove_dir_all(&staging)?;
+    Ok(marker)
+}
+
+/// Plans retention with the configured policy; deletes unless `dry_run`.
+pub async fn prune(cfg: &Config, dry_run: bool) -> anyhow::Result<(Plan, Option<Pruned>)> {
+    let policy = cfg
+        .retention
+        .clone()
+        .ok_or_else(|| anyhow!("no retention policy: add `retention:` (keep_last, keep_daily, ...) to the configuration"))?;
+    let store = cfg.open_store()?;
+    let plan = retention::plan(store.as_ref(), &policy, cfg.deployment_name(), chrono::Utc::now()).await?;
+    if dry_run {
+        return Ok((plan, None));
+    }
+    let done = retention::execute(store.as_ref(), &plan).await;
+    Ok((plan, Some(done)))
+}
+
+/// The codec an artifact was written with, for metadata.
+pub fn codec_of(marker: &CommitMarker) -> String {
+    let codec = Codec::from_recorded(&marker.compression, marker.encryption.as_ref()).unwrap_or_default();
+    format!("{}{}", codec.compression.name(), if codec.encrypted() { " + age" } else { "" })
+}
+
+/// The newest committed artifact, for actions that default to it.
+pub async fn newest(cfg: &Config) -> anyhow::Result<String> {
+    committed(cfg).await?.pop().ok_or_else(|| {
+        anyhow!("no committed artifact in {}{}", cfg.store.describe(), cfg.deployment_name().map(|d| format!(" for {d}")).unwrap_or_default())
+    })
+}
+
+/// Fails with the rendered failures when there are any.
+pub fn ensure_ok(failures: &Failures, what: &str) -> anyhow::Result<()> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{what} failed (exit bits {}):\n{}", failures.exit_code(), failures.render())
+    }
+}
