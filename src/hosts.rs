@@ -159,37 +159,14 @@ pub fn resolve_gateway(flags: &GatewayFlags, opts: &SshOptions) -> anyhow::Resul
     }
 }
 
-/// Parses `30s`, `5m`, `2h`, `1h30m`, `250ms` or a plain number of seconds.
+/// Parses `30s`, `5m`, `2h`, `1h30m`, `250ms`, `7d`, `2w` or a plain number of seconds:
+/// the one duration syntax of every flag and configuration key.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let usage = || anyhow!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 1h30m or 250ms");
     let t = s.trim();
-    if t.is_empty() {
-        return Err(usage());
-    }
     if let Ok(n) = t.parse::<u64>() {
         return Ok(Duration::from_secs(n));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(usage)?;
-        if digits == 0 {
-            return Err(usage());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| usage())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(usage)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(usage)?),
-            _ => return Err(usage()),
-        };
-        total = total.checked_add(unit).ok_or_else(usage)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    humantime::parse_duration(t).map_err(|e| anyhow!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 1h30m, 250ms, 7d or 2w ({e})"))
 }
 
 /// bbr's `extractNameFromAddress`: the host of `--host`, without scheme, user or port.
@@ -608,7 +585,8 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        for bad in ["", "s", "10x", "1.5s", "-1s"] {
+        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
+        for bad in ["", "s", "10x", "-1s", "soon"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -327,9 +327,7 @@ pub async fn execute(store: &dyn Store, plan: &Plan) -> Pruned {
 }
 
 /// Parses `1h`, `30m`, `7d`, `2w`, `1h30m` (humantime's syntax).
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s).map_err(|e| anyhow::anyhow!("{s:?} is not a duration like 1h, 30m, 7d, 2w: {e}"))
-}
+pub use crate::hosts::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! ```
 
 use super::discover::{discover, Deployment, JobAt};
-use super::{artifact_env, bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
 use crate::artifact::tar_hash::HashingWriter;
@@ -238,17 +238,8 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             "The drain failed: the backup data is kept on the instances in {ARTIFACT_ROOT}. Find the cause, then run backup-cleanup."
         ));
     } else if !artifact_dirs.is_empty() {
-        let dirs: Vec<usize> = artifact_dirs.into_iter().collect();
-        let results = out
-            .timings
-            .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, dirs, |i| async move {
-                let inst = &dep.instances[i].instance;
-                inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
-            }))
-            .await;
-        for e in results.into_iter().filter_map(Result::err) {
-            out.failures.push(FailureKind::Cleanup, e);
-        }
+        let staged = artifact_dirs.into_iter().map(|i| dep.instances[i].instance.clone()).collect();
+        remove_staging(ctx, &mut out.timings, staged, FailureKind::Cleanup, &mut out.failures).await;
     }
 
     if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {

@@ -3,11 +3,10 @@
 
 use super::backup::run_on_jobs;
 use super::discover::discover;
-use super::{bounded, Ctx, FailureKind, Failures, Timings};
+use super::{remove_staging, Ctx, FailureKind, Failures, Timings};
 use crate::events::Phase;
 use crate::model::{Direction, ScriptKind};
 use crate::target::Target;
-use anyhow::Context;
 
 pub async fn cleanup(ctx: &Ctx, target: &dyn Target, dir: Direction) -> (Failures, Timings) {
     let mut timings = Timings::default();
@@ -57,15 +56,8 @@ pub async fn cleanup(ctx: &Ctx, target: &dyn Target, dir: Direction) -> (Failure
         .filter(|d| d.jobs.iter().any(|j| j.backupable() || j.restorable()))
         .map(|d| d.instance.clone())
         .collect();
-    let results = timings
-        .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, instances, |inst| async move {
-            inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
-        }))
-        .await;
     // bbr reports a failed cleanup here as a plain error (exit 1), not bit 16.
-    for e in results.into_iter().filter_map(Result::err) {
-        failures.push(FailureKind::General, e);
-    }
+    remove_staging(ctx, &mut timings, instances, FailureKind::General, &mut failures).await;
     if failures.is_empty() {
         ctx.info(format!("'{}' cleaned up", dep.name));
     }

@@ -17,6 +17,7 @@ pub use failure::{Failure, FailureKind, Failures};
 use crate::events::{Event, EventSink, Phase};
 use crate::instance::InstanceRef;
 use crate::model::ScriptKind;
+use anyhow::Context as _;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -125,6 +126,26 @@ impl Timings {
         *self.phases.entry(phase.name()).or_default() += elapsed;
         ctx.events.emit(Event::PhaseFinished { phase, elapsed });
         out
+    }
+}
+
+/// `rm -rf /var/vcap/store/bbr-backup` on each instance, in parallel, as the timed cleanup
+/// phase; each failure is recorded as `kind` (bbr: bit 16 after a backup or restore, a
+/// plain error in the cleanup commands).
+pub async fn remove_staging(
+    ctx: &Ctx,
+    timings: &mut Timings,
+    instances: Vec<InstanceRef>,
+    kind: FailureKind,
+    failures: &mut Failures,
+) {
+    let results = timings
+        .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, instances, |inst| async move {
+            inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
+        }))
+        .await;
+    for e in results.into_iter().filter_map(Result::err) {
+        failures.push(kind, e);
     }
 }
 

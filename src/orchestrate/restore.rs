@@ -9,7 +9,7 @@
 
 use super::backup::run_on_jobs;
 use super::discover::{discover, Deployment};
-use super::{artifact_env, bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
 use crate::artifact::tar_hash::HashingReader;
 use crate::codec::{self, Identities};
@@ -132,16 +132,8 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
     }
 
     // 4. Cleanup where we uploaded.
-    let results = out
-        .timings
-        .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, touched, |i| async move {
-            let inst = &dep.instances[i].instance;
-            inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
-        }))
-        .await;
-    for e in results.into_iter().filter_map(Result::err) {
-        out.failures.push(FailureKind::Cleanup, e);
-    }
+    let staged = touched.into_iter().map(|i| dep.instances[i].instance.clone()).collect();
+    remove_staging(ctx, &mut out.timings, staged, FailureKind::Cleanup, &mut out.failures).await;
     if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
         out.failures.push(FailureKind::Cancelled, Cancelled.into());
     }
