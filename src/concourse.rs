@@ -40,8 +40,8 @@ pub struct Request {
     pub params: Map<String, Value>,
 }
 
-const IN_PARAMS: &[&str] = &["skip_download", "verify"];
-const OUT_PARAMS: &[&str] = &["action", "artifact", "unsafe_lock_free", "dry_run"];
+pub const IN_PARAMS: &[&str] = &["skip_download", "verify"];
+pub const OUT_PARAMS: &[&str] = &["action", "artifact", "unsafe_lock_free", "dry_run"];
 
 /// Parses stdin. Concourse may add top-level keys in a later version, so only the keys we
 /// read are checked; inside `source` and `params` unknown keys are errors.

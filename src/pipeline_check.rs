@@ -2,8 +2,16 @@
 //! and for our own tests (`fly` cannot run here). It makes the checks
 //! `fly validate-pipeline` makes (atc's `configvalidate` and step validator) and adds
 //! what a pasted pipeline most often gets wrong: task files that do not exist or do not
-//! declare the inputs and params the pipeline passes, and `((vars))` missing from the
-//! example vars file.
+//! declare the inputs and params the pipeline passes (or that the pipeline leaves a required
+//! param unset), a task's `file:` or `image:` in an artifact the job never fetches, and
+//! `((vars))` missing from the example vars file.
+//!
+//! lockstep's pipelines load lockstep's task files from the image itself: a `registry-image`
+//! get of the image (`lockstep-image`) unpacks it under `rootfs/`, and the image carries the
+//! repository's `tasks/` at `/opt/lockstep/tasks/` (Dockerfile), so
+//! `file: lockstep-image/rootfs/opt/lockstep/tasks/backup.yml` is read from
+//! `<repo_root>/tasks/backup.yml`, or from the copies compiled into this module
+//! ([`LOCKSTEP_TASKS`]) when the repository is not at hand.
 
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +63,23 @@ const RESOURCE_TYPE_KEYS: &[&str] = &["name", "type", "source", "privileged", "p
 const TOP_KEYS: &[&str] = &["resources", "resource_types", "jobs", "groups", "var_sources", "display", "user_data"];
 const TASK_CONFIG_KEYS: &[&str] =
     &["platform", "image_resource", "rootfs_uri", "inputs", "outputs", "caches", "params", "run", "container_limits"];
+
+/// Where lockstep's image carries the repository's `tasks/` (Dockerfile), as a path inside
+/// a `registry-image` get of the image.
+pub const IMAGE_TASKS_PREFIX: &str = "rootfs/opt/lockstep/";
+
+/// lockstep's task files as this build knows them (`tasks/<name>`), for pipelines that load
+/// them from the image when the repository is not at hand.
+pub const LOCKSTEP_TASKS: &[(&str, &str)] = &[
+    ("tasks/backup.yml", include_str!("../tasks/backup.yml")),
+    ("tasks/backup-cleanup.yml", include_str!("../tasks/backup-cleanup.yml")),
+    ("tasks/pre-backup-check.yml", include_str!("../tasks/pre-backup-check.yml")),
+    ("tasks/prune.yml", include_str!("../tasks/prune.yml")),
+    ("tasks/restore.yml", include_str!("../tasks/restore.yml")),
+    ("tasks/restore-cleanup.yml", include_str!("../tasks/restore-cleanup.yml")),
+    ("tasks/restore-drill.yml", include_str!("../tasks/restore-drill.yml")),
+    ("tasks/verify.yml", include_str!("../tasks/verify.yml")),
+];
 
 /// Parses Go's duration syntax (`1h30m`, `24h`, `500ms`).
 pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
@@ -128,6 +153,27 @@ pub fn vars_in(text: &str) -> BTreeSet<String> {
     out
 }
 
+/// Every `((var))` in the strings (keys and values) of a parsed document. Comments are not
+/// interpolated by Concourse, so a `((var))` mentioned in a comment is not a var.
+pub fn vars_in_value(v: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) => out.extend(vars_in(s)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(m) => {
+                for (k, x) in m {
+                    out.extend(vars_in(k));
+                    walk(x, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(v, &mut out);
+    out
+}
+
 /// What a job's steps do, collected in one walk.
 #[derive(Default)]
 struct JobFacts {
@@ -140,6 +186,8 @@ struct JobFacts {
     passed: Vec<(String, String, Vec<String>)>,
     /// Task steps with a `file:` to check once every artifact is known.
     task_files: Vec<Value>,
+    /// (step description, artifact) that a task step's `image:` or `file:` needs.
+    needed: Vec<(String, String)>,
 }
 
 struct Checker<'a> {
@@ -230,6 +278,14 @@ impl Checker<'_> {
                 }
             }
             "task" => {
+                if let Some(image) = str_of(step, "image") {
+                    facts.needed.push((format!("{here}: image"), image.to_string()));
+                }
+                if let Some(file) = str_of(step, "file").filter(|f| !f.contains("(("))
+                    && let Some((input, _)) = file.split_once('/')
+                {
+                    facts.needed.push((format!("{here}: file {file}"), input.to_string()));
+                }
                 match (obj.get("file"), obj.get("config")) {
                     (Some(_), Some(_)) => self.report.error(format!("{here}: give either file or config, not both")),
                     (None, None) => self.report.error(format!("{here}: needs a file or a config")),
@@ -248,9 +304,11 @@ impl Checker<'_> {
                 if obj.get("file").is_none() {
                     self.report.error(format!("{here}: needs a file"));
                 }
-                if kind == "load_var" {
-                    if let Some(f) = str_of(step, "file") {
-                        facts.artifacts.insert(f.split('/').next().unwrap_or("").to_string());
+                // The file (and set_pipeline's var_files) are read from an artifact of the job.
+                let files = obj.get("file").into_iter().chain(obj.get("var_files").and_then(Value::as_array).into_iter().flatten());
+                for f in files.filter_map(Value::as_str).filter(|f| !f.contains("((")) {
+                    if let Some((input, _)) = f.split_once('/') {
+                        facts.needed.push((format!("{here}: file {f}"), input.to_string()));
                     }
                 }
             }
@@ -293,41 +351,63 @@ impl Checker<'_> {
     }
 
     /// Reads a task file a step names and checks it against what the step passes.
-    fn task_file(&mut self, step: &Value, job: &str, facts: &JobFacts) {
+    /// Reads the task file a step names (None, with the error reported, when it cannot be).
+    fn read_task_file(&mut self, step: &Value, job: &str) -> Option<Value> {
         let name = str_of(step, "task").unwrap_or("");
         let file = str_of(step, "file").unwrap_or("");
         let here = format!("job {job}, task {name}");
-        let Some(root) = &self.opts.repo_root else { return };
+        let root = self.opts.repo_root.as_ref()?;
         if file.contains("((") {
-            return;
+            return None;
         }
         let Some((_, rel)) = file.split_once('/') else {
             self.report.error(format!("{here}: file {file:?} must start with the input that holds it (e.g. lockstep/tasks/backup.yml)"));
-            return;
+            return None;
+        };
+        // Inside lockstep's image (a registry-image get unpacks it under rootfs/), the
+        // repository's files are under /opt/lockstep/.
+        let (rel, in_image) = match rel.strip_prefix(IMAGE_TASKS_PREFIX) {
+            Some(r) => (r, true),
+            None => (rel, false),
         };
         let path = root.join(rel);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) => {
-                self.report.error(format!("{here}: task file {file} ({}) cannot be read: {e}", path.display()));
-                return;
-            }
+            Err(e) => match LOCKSTEP_TASKS.iter().find(|(name, _)| in_image && *name == rel) {
+                Some((_, text)) => text.to_string(),
+                None => {
+                    self.report.error(format!("{here}: task file {file} ({}) cannot be read: {e}", path.display()));
+                    return None;
+                }
+            },
         };
-        let cfg: Value = match serde_saphyr::from_str(&text) {
-            Ok(v) => v,
+        match serde_saphyr::from_str(&text) {
+            Ok(v) => Some(v),
             Err(e) => {
                 self.report.error(format!("{here}: task file {file} is not valid YAML: {e}"));
-                return;
+                None
             }
-        };
-        let r = check_task_config(&cfg, &format!("task file {file}"));
+        }
+    }
+
+    /// Checks a task file's content against what the step passes and the job provides.
+    fn task_file(&mut self, step: &Value, cfg: &Value, job: &str, facts: &JobFacts) {
+        let name = str_of(step, "task").unwrap_or("");
+        let file = str_of(step, "file").unwrap_or("");
+        let here = format!("job {job}, task {name}");
+        let r = check_task_config(cfg, &format!("task file {file}"));
         self.report.errors.extend(r.errors);
         self.report.warnings.extend(r.warnings);
         // Every param the pipeline passes must be one the task declares.
         let declared: BTreeSet<String> = cfg.get("params").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        if let Some(params) = step.get("params").and_then(Value::as_object) {
-            for k in params.keys().filter(|k| !declared.contains(*k)) {
-                self.report.error(format!("{here}: passes param {k} that {file} does not declare (declared: {})", join(&declared)));
+        let passed: BTreeSet<String> = step.get("params").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        for k in passed.iter().filter(|k| !declared.contains(*k)) {
+            self.report.error(format!("{here}: passes param {k} that {file} does not declare (declared: {})", join(&declared)));
+        }
+        // A param declared without a value (`NAME:`) is one the task needs to be given.
+        for (k, v) in cfg.get("params").and_then(Value::as_object).into_iter().flatten() {
+            if v.is_null() && !passed.contains(k) {
+                self.report.error(format!("{here}: {file} requires param {k} (declared without a default), which the step does not set"));
             }
         }
         // Every required input must be provided by a get, a put or an earlier task.
@@ -336,6 +416,11 @@ impl Checker<'_> {
             .and_then(Value::as_object)
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
+        let inputs: BTreeSet<String> =
+            cfg.get("inputs").and_then(Value::as_array).into_iter().flatten().filter_map(|i| str_of(i, "name").map(str::to_string)).collect();
+        for k in mapping.keys().filter(|k| !inputs.contains(*k)) {
+            self.report.error(format!("{here}: input_mapping names '{k}', which {file} does not take as an input (inputs: {})", join(&inputs)));
+        }
         for input in cfg.get("inputs").and_then(Value::as_array).into_iter().flatten() {
             let Some(iname) = str_of(input, "name") else { continue };
             if input.get("optional").and_then(Value::as_bool) == Some(true) {
@@ -528,9 +613,26 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
         }
         all_facts.insert(name.to_string(), facts);
     }
-    for (job, facts) in &all_facts {
+    // Task files are read once: their outputs are artifacts of the job too.
+    let mut task_configs: BTreeMap<String, Vec<(Value, Value)>> = BTreeMap::new();
+    for (job, facts) in all_facts.iter_mut() {
         for step in &facts.task_files {
-            checker.task_file(step, job, facts);
+            if let Some(cfg) = checker.read_task_file(step, job) {
+                task_configs.entry(job.clone()).or_default().push((step.clone(), cfg));
+            }
+        }
+        for (step, cfg) in task_configs.get(job).into_iter().flatten() {
+            facts.artifacts.extend(task_outputs(cfg, step));
+        }
+    }
+    for (job, facts) in &all_facts {
+        for (here, artifact) in &facts.needed {
+            if !facts.artifacts.contains(artifact) {
+                checker.report.error(format!("{here} is in '{artifact}', which no get, put or task output in job '{job}' provides"));
+            }
+        }
+        for (step, cfg) in task_configs.get(job).into_iter().flatten() {
+            checker.task_file(step, cfg, job, facts);
         }
         for (here, resource, passed) in &facts.passed {
             for p in passed {
@@ -570,8 +672,12 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
     }
     if let Some(vars) = &opts.vars {
         let defined: BTreeSet<String> = vars.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        for v in vars_in(text).difference(&defined) {
+        let used = vars_in_value(&pipeline);
+        for v in used.difference(&defined) {
             report.error(format!("(({v})) is used but not defined in the vars file"));
+        }
+        for v in defined.difference(&used) {
+            report.warn(format!("var '{v}' in the vars file is not used by the pipeline"));
         }
     }
     report
@@ -742,5 +848,82 @@ jobs:
         assert!(all.contains("output_mapping names 'result'"), "{all}");
         assert!(all.contains("task file lockstep/tasks/nope.yml"), "{all}");
         assert!(!all.contains("needs input 'lockstep'"), "{all}");
+
+        // A file task's output is an artifact for the steps after it.
+        let consumer = "platform: linux\nimage_resource: {type: registry-image, source: {repository: x}}\ninputs: [{name: out}]\nrun: {path: x}\n";
+        std::fs::write(dir.path().join("tasks/consume.yml"), consumer).unwrap();
+        let pipeline = r#"
+resources:
+- name: lockstep
+  type: git
+  source: {uri: x}
+jobs:
+- name: backup
+  plan:
+  - get: lockstep
+  - task: backup
+    file: lockstep/tasks/backup.yml
+    params: {DEPLOYMENT: cf}
+    input_mapping: {config: lockstep}
+    output_mapping: {out: result}
+  - task: consume
+    file: lockstep/tasks/consume.yml
+    input_mapping: {out: result}
+  - load_var: x
+    file: result/value
+"#;
+        let r = check_pipeline(pipeline, &Options { repo_root: Some(dir.path().to_path_buf()), vars: None });
+        assert!(r.is_ok(), "{:?}", r.errors);
+        let r = check_pipeline(&pipeline.replace("file: result/value", "file: reslut/value"), &Options { repo_root: Some(dir.path().to_path_buf()), vars: None });
+        assert!(r.errors.iter().any(|e| e.contains("file reslut/value is in 'reslut'")), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn vars_in_comments_are_not_vars_and_unused_vars_are_warned() {
+        let y = GOOD.replace("resources:\n", "# use ((commented)) here\nresources:\n");
+        let vars: Value = serde_saphyr::from_str("bucket: b\nstale: 1\n").unwrap();
+        let r = check_pipeline(&y, &Options { vars: Some(vars), repo_root: None });
+        assert!(r.is_ok(), "{:?}", r.errors);
+        assert_eq!(r.warnings, vec!["var 'stale' in the vars file is not used by the pipeline".to_string()]);
+    }
+
+    #[test]
+    fn task_files_from_lockstep_image_and_what_steps_must_give() {
+        let pipeline = r#"
+resources:
+- name: img
+  type: registry-image
+  source: {repository: x}
+- name: backups
+  type: s3
+  source: {bucket: b}
+jobs:
+- name: drill
+  plan:
+  - get: backups
+  - get: img
+  - task: drill
+    image: img
+    file: img/rootfs/opt/lockstep/tasks/restore-drill.yml
+    input_mapping: {artifact: backups, smoke: nope}
+  - task: verify
+    image: other
+    file: elsewhere/tasks/verify.yml
+    params: {LOCKSTEP_CONFIG: {}}
+"#;
+        // No repository at hand: lockstep's own task files are built in.
+        let empty = tempfile::TempDir::new().unwrap();
+        let r = check_pipeline(pipeline, &Options { repo_root: Some(empty.path().to_path_buf()), vars: None });
+        let all = r.errors.join("\n");
+        assert!(all.contains("requires param DRILL_CONFIG (declared without a default), which the step does not set"), "{all}");
+        assert!(!all.contains("input_mapping names"), "{all}");
+        assert!(all.contains("(task verify): image is in 'other', which no get, put or task output in job 'drill' provides"), "{all}");
+        assert!(all.contains("(task verify): file elsewhere/tasks/verify.yml is in 'elsewhere'"), "{all}");
+        // Outside the image prefix, nothing is built in: the file must exist.
+        assert!(all.contains("task file elsewhere/tasks/verify.yml"), "{all}");
+        assert!(!all.contains("task drill): image"), "{all}");
+        let y = pipeline.replace("smoke: nope", "smoek: nope");
+        let r = check_pipeline(&y, &Options { repo_root: Some(empty.path().to_path_buf()), vars: None });
+        assert!(r.errors.iter().any(|e| e.contains("input_mapping names 'smoek', which img/rootfs/opt/lockstep/tasks/restore-drill.yml does not take")), "{:?}", r.errors);
     }
 }

@@ -1,0 +1,47 @@
+#!/bin/sh
+# tasks/restore-drill.yml: prove a backup restores. Restore it into the scratch deployment
+# DRILL_CONFIG names (never the one it was taken from), then run SMOKE_CHECK against it.
+set -eu
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
+require DRILL_CONFIG "${DRILL_CONFIG:-}"
+# lockstep reads its configuration from LOCKSTEP_CONFIG: here, the scratch deployment's.
+LOCKSTEP_CONFIG=$DRILL_CONFIG
+export LOCKSTEP_CONFIG
+
+artifact=${ARTIFACT:-}
+if [ -d artifact ] && [ -z "$artifact" ]; then
+  ARTIFACT_DIR=$(find_artifact_dir artifact)
+  echo "Drill: restoring the artifact directory $ARTIFACT_DIR into the scratch deployment." >&2
+  set -- restore -a "$ARTIFACT_DIR"
+elif [ -n "$artifact" ]; then
+  ARTIFACT_DIR=
+  echo "Drill: restoring $artifact from DRILL_CONFIG's store into the scratch deployment." >&2
+  set -- restore --artifact "$artifact"
+else
+  die "nothing to restore: give the input 'artifact' (what a get of the lockstep resource fetched) or set ARTIFACT"
+fi
+export ARTIFACT_DIR
+
+status=0
+lockstep_run "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+  explain_exit "$status" restore-cleanup
+  echo "Drill: the restore failed; running restore-cleanup on the scratch deployment." >&2
+  lockstep_run restore-cleanup || echo "Drill: restore-cleanup failed too; clean the scratch deployment up by hand." >&2
+  exit "$status"
+fi
+echo "Drill: restore succeeded." >&2
+
+if [ -z "${SMOKE_CHECK:-}" ]; then
+  echo "Drill: SMOKE_CHECK is empty, so only the restore itself was checked. Set it to a command that fails when the restored deployment is unhealthy." >&2
+  exit 0
+fi
+echo "Drill: running the smoke check (SMOKE_CHECK)." >&2
+smoke=0
+sh -c "$SMOKE_CHECK" || smoke=$?
+if [ "$smoke" -ne 0 ]; then
+  echo "Drill: the smoke check failed (exit $smoke): the backup restored, but the restored deployment is not healthy." >&2
+  exit 1
+fi
+echo "Drill: the smoke check passed." >&2

@@ -1,0 +1,458 @@
+//! The pipelines and task files operators paste into Concourse: every pipeline validates
+//! with its example vars (as `fly validate-pipeline` would, plus lockstep's own checks), every
+//! task file is valid, documented and consistent with its script and the image, the
+//! configuration a pipeline writes once is a valid lockstep configuration wherever it is
+//! used, and the validator catches what a broken copy gets wrong.
+
+mod pipeline_support;
+
+use lockstep::config::Config;
+use lockstep::pipeline_check::{check_pipeline_file, check_task_config, Report, LOCKSTEP_TASKS};
+use pipeline_support::{interpolate, pipeline_path, read, repo, vars_path, yaml};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+const PIPELINES: &[&str] = &["backup", "director-backup", "restore"];
+const TASKS: &[&str] =
+    &["backup", "backup-cleanup", "pre-backup-check", "prune", "restore", "restore-cleanup", "restore-drill", "verify"];
+/// Where the image carries the task scripts (Dockerfile: COPY tasks/ /opt/lockstep/tasks/).
+const IMAGE_TASKS: &str = "/opt/lockstep/tasks/";
+
+fn files_in(dir: &str, suffix: &str) -> BTreeSet<String> {
+    fs::read_dir(repo().join(dir))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(suffix).map(str::to_string))
+        .collect()
+}
+
+/// Errors, and warnings other than the expected one about top-level anchor keys.
+fn problems(r: &Report) -> Vec<String> {
+    let mut out = r.errors.clone();
+    out.extend(r.warnings.iter().filter(|w| !w.contains("is not a pipeline field (fine for YAML anchors)")).cloned());
+    out
+}
+
+#[test]
+fn the_expected_pipelines_and_tasks_exist() {
+    let pipelines = files_in("pipelines", ".yml");
+    let expected: BTreeSet<String> =
+        PIPELINES.iter().flat_map(|p| [p.to_string(), format!("{p}-vars.example")]).collect();
+    assert_eq!(pipelines, expected, "pipelines/: each pipeline with its vars example, nothing else");
+    assert_eq!(files_in("tasks", ".yml"), TASKS.iter().map(|t| t.to_string()).collect());
+    let mut scripts = files_in("tasks", ".sh");
+    assert!(scripts.remove("common"), "tasks/common.sh holds what the scripts share");
+    assert_eq!(scripts, TASKS.iter().map(|t| t.to_string()).collect(), "one script per task");
+}
+
+#[test]
+fn every_pipeline_validates_with_its_example_vars() {
+    for name in PIPELINES {
+        let r = check_pipeline_file(&pipeline_path(name), Some(&vars_path(name)), Some(&repo())).unwrap();
+        assert!(problems(&r).is_empty(), "pipelines/{name}.yml: {:#?}", problems(&r));
+        // The validator looked at something: the anchors are reported as such.
+        assert!(r.warnings.iter().any(|w| w.contains("'lockstep_image'")), "{name}: {:?}", r.warnings);
+    }
+}
+
+#[test]
+fn pipelines_validate_without_the_repository_from_the_task_files_built_in() {
+    // An operator's pipeline lives elsewhere: the task files it loads from the image are
+    // checked against the copies compiled into lockstep.
+    let empty = tempfile::TempDir::new().unwrap();
+    for name in PIPELINES {
+        let r = check_pipeline_file(&pipeline_path(name), Some(&vars_path(name)), Some(empty.path())).unwrap();
+        assert!(problems(&r).is_empty(), "pipelines/{name}.yml: {:#?}", problems(&r));
+    }
+    let tasks: BTreeSet<String> = LOCKSTEP_TASKS.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(tasks, TASKS.iter().map(|t| format!("tasks/{t}.yml")).collect(), "LOCKSTEP_TASKS lists every task file");
+    for (n, text) in LOCKSTEP_TASKS {
+        assert_eq!(*text, read(&repo().join(n)), "{n}");
+    }
+}
+
+/// The `params:` block of a task file: each name with whether a comment line documents it.
+fn documented_params(text: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut in_params = false;
+    let mut prev_comment = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_params = line == "params:";
+            prev_comment = false;
+            continue;
+        }
+        if !in_params {
+            continue;
+        }
+        let t = line.trim_start();
+        if t.starts_with('#') {
+            prev_comment = true;
+        } else if let Some((name, _)) = t.split_once(':') {
+            if line.len() - t.len() == 2 {
+                out.push((name.to_string(), prev_comment));
+            }
+            prev_comment = false;
+        }
+    }
+    out
+}
+
+#[test]
+fn every_task_file_is_valid_documented_and_matches_its_script() {
+    let common = read(&repo().join("tasks/common.sh"));
+    let version = env!("CARGO_PKG_VERSION");
+    for task in TASKS {
+        let file = format!("tasks/{task}.yml");
+        let text = read(&repo().join(&file));
+        let cfg = yaml(&text);
+        let r = check_task_config(&cfg, &file);
+        assert!(r.errors.is_empty() && r.warnings.is_empty(), "{file}: {r:?}");
+        assert_eq!(cfg["platform"], "linux", "{file}");
+
+        // The image: registry-image, the same repository everywhere, the crate's version.
+        let image = &cfg["image_resource"];
+        assert_eq!(image["type"], "registry-image", "{file}");
+        assert_eq!(image["source"]["repository"], "ghcr.io/lockstep/lockstep", "{file}");
+        assert_eq!(image["source"]["tag"], version, "{file}: the image tag is the crate's version");
+
+        // It runs its own script, from the image.
+        let path = cfg["run"]["path"].as_str().unwrap();
+        assert_eq!(path, format!("{IMAGE_TASKS}{task}.sh"), "{file}");
+        let script_path = repo().join(format!("tasks/{task}.sh"));
+        let script = read(&script_path);
+        assert!(script.starts_with("#!/bin/sh\n"), "{task}.sh: POSIX sh (the image has busybox only)");
+        assert!(script.contains("\nset -eu\n"), "{task}.sh: set -eu");
+        assert!(script.contains(". \"$(dirname \"$0\")/common.sh\""), "{task}.sh sources common.sh beside it");
+        for line in script.lines().chain(common.lines()).map(str::trim).filter(|l| !l.starts_with('#')) {
+            let traced = line.strip_prefix("set -").is_some_and(|opts| opts.split_whitespace().next().is_some_and(|o| o.contains('x')));
+            assert!(!traced, "{task}.sh: never trace the shell ({line}): params hold secrets");
+        }
+        let mode = fs::metadata(&script_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "{task}.sh must be executable: run.path names it");
+
+        // Every param is documented by a comment right above it, and used by the script.
+        let params = documented_params(&text);
+        let declared: BTreeSet<String> = cfg["params"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(params.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>(), declared, "{file}: params block");
+        for (name, documented) in &params {
+            assert!(documented, "{file}: param {name} has no comment above it");
+            let used = format!("{script}{common}");
+            assert!(used.contains(&format!("${{{name}")) || used.contains(&format!("${name}")), "{file}: {name} is never read");
+        }
+        assert!(declared.contains("LOCKSTEP_DEBUG"), "{file}: every task takes LOCKSTEP_DEBUG");
+        // Required params (declared without a value) are exactly those the script requires.
+        let required: BTreeSet<String> =
+            cfg["params"].as_object().unwrap().iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
+        let required_by_script: BTreeSet<String> = script
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("require "))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .collect();
+        assert_eq!(required, required_by_script, "{file}: params declared without a default vs `require` in {task}.sh");
+
+        // Inputs the script reads are declared, and optional (ARTIFACT can replace them).
+        for input in cfg["inputs"].as_array().into_iter().flatten() {
+            let n = input["name"].as_str().unwrap();
+            assert!(script.contains(n), "{file}: input {n} is never read by {task}.sh");
+        }
+        // Manual use is documented with the right file name.
+        assert!(text.contains(&format!("execute -c tasks/{task}.yml")), "{file}: document `fly execute -c tasks/{task}.yml`");
+    }
+}
+
+#[test]
+fn task_scripts_are_posix_sh() {
+    let scripts: Vec<PathBuf> = files_in("tasks", ".sh").iter().map(|s| repo().join(format!("tasks/{s}.sh"))).collect();
+    let require = std::env::var("LOCKSTEP_REQUIRE_SERVERS").is_ok_and(|v| v == "1");
+    let mut checked = 0;
+    for shell in [&["busybox", "sh"][..], &["dash"][..]] {
+        if Command::new(shell[0]).args(&shell[1..]).args(["-c", "true"]).output().is_err() {
+            eprintln!("skip: {} is not installed", shell.join(" "));
+            continue;
+        }
+        for s in &scripts {
+            let out = Command::new(shell[0]).args(&shell[1..]).arg("-n").arg(s).output().unwrap();
+            assert!(out.status.success(), "{} -n {}: {}", shell.join(" "), s.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        checked += 1;
+    }
+    match Command::new("shellcheck").args(["-s", "sh", "-x", "-P", "SCRIPTDIR"]).args(&scripts).output() {
+        Ok(out) => {
+            assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+            checked += 1;
+        }
+        Err(_) if require => panic!("shellcheck is missing (ci/setup installs it)"),
+        Err(_) => eprintln!("skip: shellcheck not installed; run ci/setup"),
+    }
+    assert!(checked > 0 || !require, "no POSIX shell (busybox, dash) to check the scripts with");
+}
+
+/// Every task step (with hooks and nested steps) of a job.
+fn task_steps<'a>(step: &'a Value, out: &mut Vec<&'a Value>) {
+    if step.get("task").is_some() {
+        out.push(step);
+    }
+    for key in ["in_parallel", "do"] {
+        for s in step.get(key).and_then(Value::as_array).into_iter().flatten() {
+            task_steps(s, out);
+        }
+    }
+    for key in ["try", "on_success", "on_failure", "on_abort", "on_error", "ensure"] {
+        if let Some(s) = step.get(key) {
+            task_steps(s, out);
+        }
+    }
+}
+
+fn all_steps(job: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    fn walk<'a>(s: &'a Value, out: &mut Vec<&'a Value>) {
+        out.push(s);
+        for key in ["in_parallel", "do"] {
+            for x in s.get(key).and_then(Value::as_array).into_iter().flatten() {
+                walk(x, out);
+            }
+        }
+        for key in ["try", "on_success", "on_failure", "on_abort", "on_error", "ensure"] {
+            if let Some(x) = s.get(key) {
+                walk(x, out);
+            }
+        }
+    }
+    for s in job["plan"].as_array().unwrap() {
+        walk(s, &mut out);
+    }
+    out
+}
+
+/// The keys under which a lockstep configuration holds secrets.
+const SECRET_KEYS: &[&str] = &["private_key", "access_key_id", "secret_access_key", "session_token", "identity"];
+
+fn secrets_are_vars(v: &Value, at: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if SECRET_KEYS.contains(&k.as_str()) {
+                    let s = x.as_str().unwrap_or_default();
+                    assert!(s.starts_with("((") && s.ends_with("))"), "{at}.{k}: a secret must be a ((var)), not {x}");
+                }
+                secrets_are_vars(x, &format!("{at}.{k}"));
+            }
+        }
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| secrets_are_vars(x, &format!("{at}[{i}]"))),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
+    for name in PIPELINES {
+        let raw = yaml(&read(&pipeline_path(name)));
+        let vars = yaml(&read(&vars_path(name)));
+        let p = interpolate(&raw, &vars);
+        let here = format!("pipelines/{name}.yml");
+
+        // The resource type and the task image are the same image.
+        let image_source = &raw["resource_types"][0]["source"];
+        assert_eq!(raw["resource_types"][0]["name"], "lockstep", "{here}");
+        assert_eq!(raw["resource_types"][0]["type"], "registry-image", "{here}");
+        let image_resource = raw["resources"].as_array().unwrap().iter().find(|r| r["name"] == "lockstep-image").unwrap();
+        assert_eq!(&image_resource["source"], image_source, "{here}: lockstep-image and the resource type differ");
+
+        let lockstep_resources: Vec<&Value> =
+            p["resources"].as_array().unwrap().iter().filter(|r| r["type"] == "lockstep").collect();
+        assert_eq!(lockstep_resources.len(), 1, "{here}");
+        let resource = lockstep_resources[0];
+        let resource_name = resource["name"].as_str().unwrap();
+        let source = &resource["source"];
+        secrets_are_vars(&raw["resources"].as_array().unwrap().iter().find(|r| r["type"] == "lockstep").unwrap()["source"], &here);
+        let config = Config::from_value(source).unwrap_or_else(|e| panic!("{here}: the resource's source: {e:#}"));
+        let deployment = config.deployment_name().expect("a target").to_string();
+
+        let mut drill_targets = Vec::new();
+        for job in p["jobs"].as_array().unwrap() {
+            let jname = job["name"].as_str().unwrap();
+            let mut tasks = Vec::new();
+            for s in job["plan"].as_array().unwrap() {
+                task_steps(s, &mut tasks);
+            }
+            for t in tasks {
+                let tname = t["task"].as_str().unwrap();
+                let params = t["params"].as_object().unwrap();
+                if let Some(c) = params.get("LOCKSTEP_CONFIG") {
+                    assert_eq!(c, source, "{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG is not the resource's source");
+                }
+                if let Some(c) = params.get("DRILL_CONFIG") {
+                    let drill = Config::from_value(c).unwrap_or_else(|e| panic!("{here}: DRILL_CONFIG: {e:#}"));
+                    drill_targets.push(drill.deployment_name().unwrap().to_string());
+                }
+                assert_eq!(t["image"], "lockstep-image", "{here}: job {jname}, task {tname} runs in the pinned image");
+            }
+            // The resource's steps use the resource's interface.
+            for s in all_steps(job) {
+                let resource_of = |k: &str| s.get(k).map(|n| s.get("resource").unwrap_or(n).as_str().unwrap().to_string());
+                if resource_of("put").as_deref() == Some(resource_name) {
+                    let params = s["params"].as_object().unwrap();
+                    for k in params.keys() {
+                        assert!(["action", "artifact", "unsafe_lock_free", "dry_run"].contains(&k.as_str()), "{here}: put param {k}");
+                    }
+                    let action = params["action"].as_str().unwrap();
+                    assert!(["backup", "restore", "prune"].contains(&action), "{here}: action {action}");
+                    if action == "restore" {
+                        let input = params["artifact"].as_str().unwrap();
+                        assert_eq!(s["inputs"], serde_json::json!([input]), "{here}: the restore put streams in its artifact");
+                    }
+                    if action == "backup" {
+                        assert_eq!(s["get_params"], serde_json::json!({"skip_download": true}), "{here}");
+                        for hook in ["on_failure", "on_error", "on_abort"] {
+                            assert_eq!(s[hook]["task"], "backup-cleanup", "{here}: backup put {hook}");
+                        }
+                    } else {
+                        assert_eq!(s["no_get"], true, "{here}: a {action} put needs no implicit get");
+                    }
+                    if action == "restore" {
+                        for hook in ["on_failure", "on_error", "on_abort"] {
+                            assert_eq!(s[hook]["task"], "restore-cleanup", "{here}: restore put {hook}");
+                        }
+                    }
+                }
+                if resource_of("get").as_deref() == Some(resource_name) {
+                    for k in s.get("params").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
+                        assert!(["skip_download", "verify"].contains(&k.as_str()), "{here}: get param {k}");
+                    }
+                }
+            }
+            assert_eq!(job["serial"], true, "{here}: job {jname} is serial");
+        }
+        for d in &drill_targets {
+            assert_ne!(d, &deployment, "{here}: the drill would restore over the deployment it backs up");
+        }
+        if *name == "backup" {
+            assert_eq!(drill_targets.len(), 1, "{here}: one restore drill");
+            assert!(config.retention.is_some(), "{here}: prune needs a retention policy");
+        }
+    }
+}
+
+#[test]
+fn docs_and_comments_name_files_that_exist() {
+    let mut texts: Vec<(String, String)> = Vec::new();
+    for f in ["docs/operator-guide.md", "README.md"] {
+        texts.push((f.to_string(), read(&repo().join(f))));
+    }
+    for dir in ["pipelines", "tasks"] {
+        for e in fs::read_dir(repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            texts.push((p.display().to_string(), read(&p)));
+        }
+    }
+    let mut seen = 0;
+    for (f, text) in &texts {
+        for prefix in ["tasks/", "pipelines/", "docs/"] {
+            for (i, _) in text.match_indices(prefix) {
+                if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '/' || c == '.' || c == '-' || c == '_') {
+                    continue; // part of a longer path (/opt/lockstep/tasks/...)
+                }
+                let path: String = text[i..].chars().take_while(|c| c.is_alphanumeric() || matches!(c, '/' | '.' | '-' | '_')).collect();
+                let path = path.trim_end_matches('.');
+                if path.ends_with(".yml") || path.ends_with(".sh") || path.ends_with(".md") {
+                    assert!(repo().join(path).exists(), "{f} names {path}, which does not exist");
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert!(seen > 20, "only {seen} references found");
+}
+
+// ---- the validator catches what a broken copy of a pipeline gets wrong ----
+
+/// Validates `pipelines/<name>.yml` with `from` replaced by `to` (and the vars edited by
+/// `edit_vars`) in a scratch copy; returns the report.
+fn broken(name: &str, from: &str, to: &str, edit_vars: impl Fn(&mut serde_json::Map<String, Value>)) -> Report {
+    let text = read(&pipeline_path(name));
+    assert!(text.contains(from), "pipelines/{name}.yml no longer contains {from:?}: update this test");
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = dir.path().join("pipeline.yml");
+    fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    let mut vars = yaml(&read(&vars_path(name)));
+    edit_vars(vars.as_object_mut().unwrap());
+    let v = dir.path().join("vars.yml");
+    fs::write(&v, serde_json::to_string(&vars).unwrap()).unwrap();
+    check_pipeline_file(&p, Some(&v), Some(&repo())).unwrap()
+}
+
+fn assert_caught(r: &Report, expect: &str) {
+    assert!(r.errors.iter().any(|e| e.contains(expect)), "expected an error containing {expect:?}, got {:#?}", r.errors);
+}
+
+#[test]
+fn a_typo_in_a_step_key_is_caught() {
+    let r = broken("backup", "      passed: [backup]\n      trigger: true\n", "      passed: [backup]\n      triger: true\n", |_| {});
+    assert_caught(&r, "unknown fields [\"triger\"]");
+    let r = broken("restore", "    no_get: true\n", "    noget: true\n", |_| {});
+    assert_caught(&r, "unknown fields [\"noget\"]");
+}
+
+#[test]
+fn a_missing_var_is_caught() {
+    let r = broken("backup", "", "", |v| {
+        v.remove("backup_interval");
+    });
+    assert_caught(&r, "((backup_interval)) is used but not defined in the vars file");
+    let r = broken("director-backup", "", "", |v| {
+        v.remove("jumpbox_ssh");
+    });
+    assert_caught(&r, "((jumpbox_ssh)) is used but not defined");
+    // And the other way round: a var nobody uses is worth a warning.
+    let r = broken("restore", "", "", |v| {
+        v.insert("stale".into(), Value::Bool(true));
+    });
+    assert!(r.warnings.iter().any(|w| w == "var 'stale' in the vars file is not used by the pipeline"), "{:?}", r.warnings);
+}
+
+#[test]
+fn a_task_param_the_task_does_not_declare_is_caught() {
+    let r = broken(
+        "backup",
+        "      DRILL_CONFIG: *drill_config\n",
+        "      DRILL_CONFIG: *drill_config\n      SMOKE_CHEK: \"true\"\n",
+        |_| {},
+    );
+    assert_caught(&r, "passes param SMOKE_CHEK that lockstep-image/rootfs/opt/lockstep/tasks/restore-drill.yml does not declare");
+}
+
+#[test]
+fn a_required_task_param_left_unset_is_caught() {
+    let r = broken("director-backup", "    params:\n      LOCKSTEP_CONFIG: *config\n  - put:", "  - put:", |_| {});
+    assert_caught(&r, "requires param LOCKSTEP_CONFIG (declared without a default), which the step does not set");
+}
+
+#[test]
+fn a_task_file_or_image_the_job_never_fetches_is_caught() {
+    // The drill job without its get of the image: neither the task file nor the image exist.
+    let r = broken("backup", "    - get: lockstep-image\n      passed: [backup]\n", "", |_| {});
+    assert_caught(&r, "task restore-drill): image is in 'lockstep-image', which no get, put or task output in job 'restore-drill' provides");
+    assert_caught(&r, "tasks/restore-drill.yml is in 'lockstep-image'");
+    // A misspelt task file.
+    let r = broken("backup", "tasks/restore-drill.yml", "tasks/restore-dril.yml", |_| {});
+    assert_caught(&r, "task file lockstep-image/rootfs/opt/lockstep/tasks/restore-dril.yml");
+    // An input mapped under a name the task does not take, so its real input is missing.
+    let r = broken("backup", "      artifact: backup\n", "      artifcat: backup\n", |_| {});
+    assert_caught(&r, "input_mapping names 'artifcat', which lockstep-image/rootfs/opt/lockstep/tasks/restore-drill.yml does not take");
+}
+
+#[test]
+fn broken_job_wiring_is_caught() {
+    let r = broken("backup", "    passed: [restore-drill]\n", "    passed: [restore-dril]\n", |_| {});
+    assert_caught(&r, "passed names unknown job 'restore-dril'");
+    let r = broken("director-backup", "  - put: prune\n    resource: director-backup\n", "  - put: prune\n    resource: director-backups\n", |_| {});
+    assert_caught(&r, "unknown resource 'director-backups'");
+    let r = broken("backup", "- name: prune\n", "- name: restore-drill\n", |_| {});
+    assert_caught(&r, "job 'restore-drill' appears more than once");
+}
