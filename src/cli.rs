@@ -322,8 +322,9 @@ pub struct DeploymentArgs {
     /// Deployment name.
     #[arg(short = 'd', long, env = "BOSH_DEPLOYMENT", conflicts_with = "all_deployments")]
     pub deployment: Option<String>,
-    /// Director CA certificate: a path, or PEM content.
-    #[arg(long = "ca-cert", env = "CA_CERT")]
+    /// Director CA certificate: a path, or PEM content (then BOSH_CA_CERT is read too;
+    /// CA_CERT wins).
+    #[arg(long = "ca-cert", env = "CA_CERT", allow_hyphen_values = true)]
     pub ca_cert: Option<String>,
     /// Every deployment (pre-backup-check, backup and backup-cleanup only).
     #[arg(long)]
@@ -533,7 +534,27 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             run_action(ctx, &target, &args.action, &tree).await
         }
         Command::Deployment(args) => {
-            bail!("the deployment target ({}) needs the BOSH director API client, which is not built yet", args.target)
+            let Some(deployment) = args.deployment.clone() else {
+                if args.all_deployments {
+                    bail!("--all-deployments is not supported yet: give --deployment NAME (BOSH_DEPLOYMENT)");
+                }
+                bail!("provide one of '--deployment' or '--all-deployments' flags.");
+            };
+            for (flag, v) in [("--target", &args.target), ("--username", &args.username), ("--password", &args.password)] {
+                if v.trim().is_empty() {
+                    bail!("{flag} flag is required.");
+                }
+            }
+            // CA_CERT (clap's env for --ca-cert) wins over BOSH_CA_CERT.
+            let ca = args.ca_cert.clone().or_else(|| std::env::var("BOSH_CA_CERT").ok()).filter(|s| !s.trim().is_empty());
+            let ca = ca.as_deref().map(crate::bosh::read_ca_cert).transpose()?;
+            let client = crate::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref()).await?;
+            let mut opts = crate::hosts::SshOptions::from_env();
+            let flags = crate::hosts::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
+            opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+            let target = crate::bosh::DeploymentTarget::new(client, &deployment, &opts)?;
+            let tree = format!("lockstep deployment --target {} --deployment {deployment} ...", args.target);
+            run_action(ctx, &target, &args.action, &tree).await
         }
         Command::List { artifact_path, store, s3 } => {
             let store: Box<dyn Store> = match &store {
@@ -748,7 +769,27 @@ pub fn split_artifact_path(path: &Path) -> anyhow::Result<(LocalStore, String)> 
     Ok((LocalStore::new(parent), name))
 }
 
+/// Runs the action, then [`Target::release`] whatever happened (a failed release is
+/// reported and ORs bbr's cleanup bit, 16, into the exit code).
 async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str) -> anyhow::Result<i32> {
+    let out = run_action_inner(ctx, target, action, tree).await;
+    match target.release().await {
+        Ok(()) => out,
+        Err(e) => {
+            let code = match out {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+            eprintln!("error: {e:#}");
+            Ok(code | 16)
+        }
+    }
+}
+
+async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str) -> anyhow::Result<i32> {
     let name = target.deployment_name().to_string();
     let (failures, timings, cleanup_cmd) = match action {
         Action::PreBackupCheck => {

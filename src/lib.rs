@@ -23,6 +23,7 @@
 //! compared with the instance's own before the object is committed.
 
 pub mod artifact;
+pub mod bosh;
 pub mod cli;
 pub mod concourse;
 pub mod config;

@@ -16,6 +16,12 @@ pub trait Target: Send + Sync {
     fn release_of(&self, _group: &str, _job: &str) -> Option<String> {
         None
     }
+    /// Gives back what the target acquired to reach the instances (the BOSH deployment
+    /// target's temporary SSH users). Called once the action has finished, whether it
+    /// succeeded, failed or was stopped by a signal.
+    async fn release(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A deployment whose instances are local directories standing in for `/`.

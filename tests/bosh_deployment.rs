@@ -1,0 +1,280 @@
+//! `lockstep deployment` end to end: the director protocol double (real TLS, UAA, tasks
+//! that must be polled, a strict request log) in front of the sshd fleet, whose VMs get a
+//! real temporary `bosh_...` user from `ssh setup` and lose it at `ssh cleanup`.
+
+mod support;
+
+use assert_cmd::Command;
+use std::fs;
+use std::path::{Path, PathBuf};
+use support::director::{user_exists, AuthMode, DeploymentSpec, Director, VmSpec};
+use support::fleet::Fleet;
+use tempfile::TempDir;
+
+const CLIENT: &str = "bbr_client";
+const SECRET: &str = "s3cr3t-client-secret-value";
+
+const MANIFEST: &str = "name: cf\ninstance_groups:\n\
+- name: api\n  instances: 1\n  jobs:\n  - name: locker\n    release: locker-release\n    properties: {}\n\
+- name: db\n  instances: 1\n  jobs:\n  - name: store\n    release: good-release\n\
+- name: cache\n  instances: 1\n  jobs:\n  - name: store\n    release: other-release\n";
+
+fn lockstep() -> Command {
+    Command::cargo_bin("lockstep").unwrap()
+}
+
+/// api/0 (job `locker`, which must be locked before `store` of `good-release`), db/0
+/// (`store` of good-release) and cache/0 (`store` of other-release), on three VMs.
+fn setup(test: &str) -> Option<(Fleet, Director, TempDir)> {
+    let fleet = Fleet::start(test, 3)?;
+    let groups = [("api", "locker", "a1b2-api"), ("db", "store", "c3d4-db"), ("cache", "store", "e5f6-cache")];
+    for ((group, job, _), vm) in groups.iter().zip(&fleet.vms) {
+        let data = format!("/var/vcap/store/{job}");
+        fs::create_dir_all(vm.host_path(&data)).unwrap();
+        fs::write(vm.host_path(&format!("{data}/data")), format!("{group} data\n")).unwrap();
+        let sleep = if *job == "locker" { "sleep 2\n" } else { "" };
+        vm.install_script(
+            job,
+            "pre-backup-lock",
+            &format!("#!/bin/sh\ndate +%s%N > /var/vcap/store/lock-start\n{sleep}date +%s%N > /var/vcap/store/lock-end\n"),
+        );
+        vm.install_script(job, "post-backup-unlock", "#!/bin/sh\ntrue\n");
+        vm.install_script(job, "backup", &format!("#!/bin/sh\ncp -a {data}/data \"$BBR_ARTIFACT_DIRECTORY\"\n"));
+        vm.install_script(job, "restore", &format!("#!/bin/sh\ncp -a \"$BBR_ARTIFACT_DIRECTORY/data\" {data}/data\n"));
+        if *job == "locker" {
+            vm.install_script(
+                job,
+                "metadata",
+                "#!/bin/sh\necho '---\nbackup_should_be_locked_before:\n- job_name: store\n  release: good-release\n'\n",
+            );
+        }
+    }
+    let vms = groups
+        .iter()
+        .zip(&fleet.vms)
+        .map(|((group, _, id), vm)| VmSpec {
+            group: group.to_string(),
+            index: 0,
+            id: id.to_string(),
+            address: vm.address(),
+            host_key_line: vm.host_key_line.clone(),
+            bootstrap: true,
+        })
+        .collect();
+    let dep = DeploymentSpec { name: "cf".into(), manifest: MANIFEST.into(), vms };
+    let director = Director::start(
+        AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() },
+        vec![dep],
+        fleet.dir().join("authorized_keys"),
+    );
+    let tmp = TempDir::new().unwrap();
+    Some((fleet, director, tmp))
+}
+
+fn deployment(d: &Director, name: &str) -> Command {
+    let mut c = without_ca(d, name);
+    c.arg("--ca-cert").arg(&d.ca_path);
+    c
+}
+
+fn without_ca(d: &Director, name: &str) -> Command {
+    let mut c = lockstep();
+    c.env_remove("BOSH_CA_CERT").env_remove("CA_CERT").env_remove("BOSH_ALL_PROXY");
+    c.args(["deployment", "-t", &d.url, "-u", CLIENT, "-p", SECRET, "-d", name]);
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String) {
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!stderr.contains(SECRET), "the client secret was printed:\n{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY") && !stderr.contains("token-"), "a secret was printed:\n{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn only_artifact(store: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = fs::read_dir(store).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+fn nanos(fleet: &Fleet, vm: usize, f: &str) -> u128 {
+    String::from_utf8(fleet.vms[vm].read(&format!("/var/vcap/store/{f}"))).unwrap().trim().parse().unwrap()
+}
+
+/// The users of this run are gone: from the double's books, from /etc/passwd and from
+/// the fleet's authorized_keys.
+fn assert_cleaned_up(fleet: &Fleet, d: &Director) {
+    let created = d.created_users();
+    assert!(!created.is_empty(), "no user was created");
+    assert!(d.live_users().is_empty(), "users left: {:?}", d.live_users());
+    let keys = fs::read_to_string(fleet.dir().join("authorized_keys")).unwrap();
+    for u in &created {
+        assert!(!user_exists(u), "{u} still exists");
+        assert!(!keys.contains(u.as_str()), "{u}'s key is still authorized");
+        assert!(!Path::new(&format!("/etc/sudoers.d/lockstep-{u}")).exists());
+    }
+}
+
+#[test]
+fn backup_and_restore_through_the_director() {
+    let Some((fleet, d, tmp)) = setup("backup_and_restore_through_the_director") else { return };
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Backup created of cf"), "{err}");
+    let artifact = only_artifact(&store);
+    assert!(artifact.file_name().unwrap().to_string_lossy().starts_with("cf_"));
+    for t in ["api-0-locker.tar", "db-0-store.tar", "cache-0-store.tar"] {
+        assert!(artifact.join(t).is_file(), "{t} missing in {}", artifact.display());
+    }
+
+    // bbr's sequence, strictly.
+    let user = d.created_users()[0].clone();
+    assert_eq!(
+        d.calls(),
+        [
+            "GET /info",
+            "POST /uaa/oauth/token",
+            "GET /deployments/cf/vms?format=full",
+            "GET /deployments/cf",
+            "POST /deployments/cf/ssh setup api",
+            "POST /deployments/cf/ssh setup db",
+            "POST /deployments/cf/ssh setup cache",
+            "POST /deployments/cf/ssh cleanup api",
+            "POST /deployments/cf/ssh cleanup db",
+            "POST /deployments/cf/ssh cleanup cache",
+        ]
+    );
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+    assert!(d.every_task_polled());
+    assert!(d.all_calls().iter().filter(|c| c.ends_with("/output?type=result")).count() == 7);
+    assert!(user.starts_with("bosh_") && user.len() == 20, "{user}");
+    // The instances were reached as the temporary user.
+    for vm in &fleet.vms {
+        assert!(vm.log().contains(&format!("Accepted publickey for {user}")), "{}", vm.log());
+    }
+    assert_cleaned_up(&fleet, &d);
+
+    // Release-qualified lock ordering: db's `store` (good-release) waited for `locker`;
+    // cache's `store` (other-release) did not.
+    let locker_end = nanos(&fleet, 0, "lock-end");
+    assert!(nanos(&fleet, 1, "lock-start") >= locker_end, "db/store was locked before locker finished");
+    assert!(nanos(&fleet, 2, "lock-start") < locker_end, "cache/store (another release) waited for locker");
+
+    // Restore, configured through bbr's environment variables: CA_CERT (PEM content)
+    // wins over a BOSH_CA_CERT that points nowhere.
+    for vm in &fleet.vms {
+        let _ = fs::remove_dir_all(vm.host_path("/var/vcap/store/store"));
+        let _ = fs::remove_dir_all(vm.host_path("/var/vcap/store/locker"));
+        fs::create_dir_all(vm.host_path("/var/vcap/store/store")).unwrap();
+        fs::create_dir_all(vm.host_path("/var/vcap/store/locker")).unwrap();
+    }
+    let (code, err) = run(lockstep()
+        .env("BOSH_ENVIRONMENT", &d.url)
+        .env("BOSH_CLIENT", CLIENT)
+        .env("BOSH_CLIENT_SECRET", SECRET)
+        .env("BOSH_DEPLOYMENT", "cf")
+        .env("CA_CERT", &d.ca_pem)
+        .env("BOSH_CA_CERT", "/nonexistent/ca.pem")
+        .args(["deployment", "restore", "-a"])
+        .arg(&artifact));
+    assert_eq!(code, 0, "{err}");
+    for (i, (job, group)) in [("locker", "api"), ("store", "db"), ("store", "cache")].iter().enumerate() {
+        assert_eq!(fleet.vms[i].read(&format!("/var/vcap/store/{job}/data")), format!("{group} data\n").into_bytes());
+    }
+    assert_eq!(d.created_users().len(), 2, "one SSH user per run");
+    assert_cleaned_up(&fleet, &d);
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+}
+
+#[test]
+fn ssh_users_are_cleaned_up_after_a_failing_script() {
+    let Some((fleet, d, tmp)) = setup("ssh_users_are_cleaned_up_after_a_failing_script") else { return };
+    fleet.vms[1].install_script("store", "backup", "#!/bin/sh\necho 'disk on fire' >&2\nexit 1\n");
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("disk on fire"), "{err}");
+    let calls = d.calls();
+    assert_eq!(calls[calls.len() - 3..], ["POST /deployments/cf/ssh cleanup api", "POST /deployments/cf/ssh cleanup db", "POST /deployments/cf/ssh cleanup cache"]);
+    assert_cleaned_up(&fleet, &d);
+}
+
+#[test]
+fn a_vm_whose_ssh_setup_failed_is_named_and_the_others_are_cleaned_up() {
+    let Some((fleet, d, tmp)) = setup("a_vm_whose_ssh_setup_failed_is_named") else { return };
+    d.fail_setup_of("c3d4-db");
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(tmp.path()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("could not set up SSH on db/c3d4-db"), "{err}");
+    let calls = d.calls();
+    assert_eq!(
+        calls[4..],
+        ["POST /deployments/cf/ssh setup api", "POST /deployments/cf/ssh setup db", "POST /deployments/cf/ssh cleanup api", "POST /deployments/cf/ssh cleanup db"]
+    );
+    assert_cleaned_up(&fleet, &d);
+}
+
+/// Errors that stop before any SSH: no fleet needed, but the real TLS double.
+#[test]
+fn director_errors_a_person_can_act_on() {
+    let tmp = TempDir::new().unwrap();
+    let keys = tmp.path().join("authorized_keys");
+    fs::write(&keys, "").unwrap();
+    let dep = DeploymentSpec { name: "cf".into(), manifest: MANIFEST.into(), vms: vec![] };
+    let d = Director::start(AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() }, vec![dep.clone()], keys.clone());
+
+    // 401 from UAA.
+    let (code, err) = run(lockstep()
+        .args(["deployment", "-t", &d.url, "-u", CLIENT, "-p", "wrong", "-d", "cf", "--ca-cert"])
+        .arg(&d.ca_path)
+        .arg("pre-backup-check"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rejected the client credentials of 'bbr_client' (401 Unauthorized)"), "{err}");
+    assert!(!err.contains("wrong"), "{err}");
+    assert_eq!(d.calls(), ["GET /info", "POST /uaa/oauth/token"]);
+
+    // Unknown deployment.
+    let (code, err) = run(deployment(&d, "nope").arg("pre-backup-check"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("deployment 'nope' not found on the director"), "{err}");
+    assert!(!d.calls().iter().any(|c| c.contains("/ssh")), "{:?}", d.calls());
+
+    // A task that errored.
+    d.fail_vms_task_of("cf");
+    let (code, err) = run(deployment(&d, "cf").arg("pre-backup-check"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error: Timed out sending 'get_state'"), "{err}");
+
+    // CA: unreadable, invalid, and one that did not sign the director's certificate.
+    let (code, err) = run(without_ca(&d, "cf").args(["--ca-cert", "/nonexistent/ca.pem", "pre-backup-check"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("could not read the CA certificate"), "{err}");
+    let (code, err) = run(without_ca(&d, "cf").args(["--ca-cert", "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "pre-backup-check"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("CA certificate"), "{err}");
+    let other = Director::start(AuthMode::Basic { user: "admin".into(), password: SECRET.into() }, vec![dep], keys);
+    let (code, err) = run(lockstep().env_remove("CA_CERT").env_remove("BOSH_CA_CERT").args([
+        "deployment", "-t", &d.url, "-u", CLIENT, "-p", SECRET, "-d", "cf", "--ca-cert", &other.ca_pem, "pre-backup-check",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("bosh director unreachable or unhealthy"), "{err}");
+
+    // Bad URL.
+    let (code, err) = run(lockstep().args(["deployment", "-t", "ftp://x", "-u", CLIENT, "-p", SECRET, "-d", "cf", "pre-backup-check"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid bosh URL"), "{err}");
+
+    // Basic auth: the wrong password is a 401 from the director itself.
+    let (code, err) = run(lockstep().env_remove("CA_CERT").env_remove("BOSH_CA_CERT").args([
+        "deployment", "-t", &other.url, "-u", "admin", "-p", "bad", "-d", "cf", "--ca-cert", &other.ca_pem, "pre-backup-check",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401 Unauthorized"), "{err}");
+    assert_eq!(other.calls(), ["GET /info", "GET /deployments/cf/vms?format=full"]);
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+}

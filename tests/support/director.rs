@@ -1,0 +1,478 @@
+//! A protocol double of a BOSH director and its UAA, over real TLS (a CA and a server
+//! certificate for 127.0.0.1 made with `openssl`), for `lockstep deployment`.
+//!
+//! Endpoints, as bbr uses them: `GET /info` (no auth; UAA at `/uaa` or basic auth),
+//! `POST /uaa/oauth/token` (client credentials, HTTP basic), `GET /deployments/:d/vms?format=full`
+//! and `POST /deployments/:d/ssh` (both redirect to a task), `GET /tasks/:id` (answers
+//! `processing` once before the final state; reading the output earlier is a 400),
+//! `GET /tasks/:id/output?type=result`, `GET /deployments/:d` (the manifest). Every other
+//! request, and every request without a valid token / basic credentials, is recorded as
+//! unexpected. [`Director::calls`] is the strict log, in order.
+//!
+//! `ssh setup` really creates the user on the machine running the fleet (`useradd`, a
+//! sudoers drop-in as a stemcell's `bosh_sshers` group gives) and authorizes the public
+//! key in the fleet's `authorized_keys`; `ssh cleanup` removes the key, the sudoers file and
+//! the user (`userdel -f`). Deviation from BOSH: the fleet's sshd instances share one
+//! `/etc/passwd` and one `AuthorizedKeysFile`, so the user and key are valid on every VM of
+//! the fleet, not only on the VMs of the group set up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use tempfile::TempDir;
+
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub group: String,
+    pub index: u64,
+    pub id: String,
+    /// What `ssh setup` returns as `ip` (here `ip:port`, as bbr's own mock does).
+    pub address: String,
+    /// `ssh-ed25519 AAAA...`
+    pub host_key_line: String,
+    pub bootstrap: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeploymentSpec {
+    pub name: String,
+    pub manifest: String,
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub enum AuthMode {
+    Uaa { client: String, secret: String },
+    Basic { user: String, password: String },
+}
+
+struct Task {
+    polls: u32,
+    state: &'static str,
+    result: String,
+    output: String,
+    description: String,
+}
+
+#[derive(Default)]
+struct State {
+    deployments: BTreeMap<String, DeploymentSpec>,
+    tasks: HashMap<u64, Task>,
+    next_task: u64,
+    calls: Vec<String>,
+    unexpected: Vec<String>,
+    tokens: HashSet<String>,
+    /// VM ids whose `ssh setup` reports a failure.
+    failing_setup: HashSet<String>,
+    /// Deployments whose VM-listing task ends in `error`.
+    failing_vms_task: HashSet<String>,
+    /// Users created and not yet cleaned up: user -> authorized_keys line.
+    users: BTreeMap<String, String>,
+    /// Every user ever created.
+    created: Vec<String>,
+    /// Users removed by `ssh cleanup`.
+    cleaned: Vec<String>,
+}
+
+pub struct Director {
+    pub url: String,
+    pub ca_path: PathBuf,
+    pub ca_pem: String,
+    state: Arc<Mutex<State>>,
+    authorized_keys: PathBuf,
+    _dir: TempDir,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Director {
+    /// Starts the double. `authorized_keys` is the fleet's shared `AuthorizedKeysFile`.
+    pub fn start(auth: AuthMode, deployments: Vec<DeploymentSpec>, authorized_keys: PathBuf) -> Director {
+        let dir = TempDir::with_prefix("lockstep-director-").unwrap();
+        let d = dir.path();
+        openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lockstep test director CA"], d);
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"], d);
+        openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"], d);
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::CertificateDer::pem_file_iter(d.join("server.pem")).unwrap().map(|c| c.unwrap()).collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let mut st = State { next_task: 1, ..State::default() };
+        for dep in deployments {
+            st.deployments.insert(dep.name.clone(), dep);
+        }
+        let state = Arc::new(Mutex::new(st));
+        let server = Server { url: url.clone(), auth, state: state.clone(), authorized_keys: authorized_keys.clone() };
+        let server = Arc::new(server);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(tcp) = conn else { continue };
+                let (config, server) = (config.clone(), server.clone());
+                std::thread::spawn(move || {
+                    let Ok(tls) = rustls::ServerConnection::new(config) else { return };
+                    let mut stream = rustls::StreamOwned::new(tls, tcp);
+                    if let Some(req) = read_request(&mut stream) {
+                        let (status, headers, body) = server.handle(&req);
+                        let mut resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                        for (k, v) in headers {
+                            resp.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        resp.push_str("\r\n");
+                        let _ = stream.write_all(resp.as_bytes());
+                        let _ = stream.write_all(body.as_bytes());
+                        let _ = stream.flush();
+                        stream.conn.send_close_notify();
+                        let _ = stream.flush();
+                    }
+                });
+            }
+        });
+        let ca_pem = std::fs::read_to_string(d.join("ca.pem")).unwrap();
+        Director { url, ca_path: d.join("ca.pem"), ca_pem, state, authorized_keys, _dir: dir }
+    }
+
+    /// The API calls in order (`GET /info`, `POST /uaa/oauth/token`, ...), task polls and
+    /// task outputs excluded.
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.iter().filter(|c| !c.contains(" /tasks/")).cloned().collect()
+    }
+
+    /// Every request, task polls included.
+    pub fn all_calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn unexpected(&self) -> Vec<String> {
+        self.state.lock().unwrap().unexpected.clone()
+    }
+
+    pub fn fail_setup_of(&self, vm_id: &str) {
+        self.state.lock().unwrap().failing_setup.insert(vm_id.to_string());
+    }
+
+    pub fn fail_vms_task_of(&self, deployment: &str) {
+        self.state.lock().unwrap().failing_vms_task.insert(deployment.to_string());
+    }
+
+    /// Users created by `ssh setup` and not removed by `ssh cleanup`.
+    pub fn live_users(&self) -> Vec<String> {
+        self.state.lock().unwrap().users.keys().cloned().collect()
+    }
+
+    pub fn created_users(&self) -> Vec<String> {
+        self.state.lock().unwrap().created.clone()
+    }
+
+    pub fn cleaned_users(&self) -> Vec<String> {
+        self.state.lock().unwrap().cleaned.clone()
+    }
+
+    /// Each task was polled until it ended (`processing` then the final state).
+    pub fn every_task_polled(&self) -> bool {
+        self.state.lock().unwrap().tasks.values().all(|t| t.polls >= 2)
+    }
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        // A failed test must not leave users behind.
+        let users: Vec<String> = self.state.lock().map(|s| s.users.keys().cloned().collect()).unwrap_or_default();
+        for u in users {
+            remove_user(&u, &self.authorized_keys);
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(stream: &mut impl Read) -> Option<Request> {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target, String::new()),
+    };
+    Some(Request { method, path, query, headers, body })
+}
+
+fn b64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+type Response = (&'static str, Vec<(String, String)>, String);
+
+fn json(status: &'static str, v: serde_json::Value) -> Response {
+    (status, vec![("Content-Type".into(), "application/json".into())], v.to_string())
+}
+
+struct Server {
+    url: String,
+    auth: AuthMode,
+    state: Arc<Mutex<State>>,
+    authorized_keys: PathBuf,
+}
+
+impl Server {
+    fn handle(&self, req: &Request) -> Response {
+        let call = if req.query.is_empty() { format!("{} {}", req.method, req.path) } else { format!("{} {}?{}", req.method, req.path, req.query) };
+        self.state.lock().unwrap().calls.push(call.clone());
+        let unexpected = |why: &str| {
+            self.state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
+            json("404 Not Found", serde_json::json!({"code": 70000, "description": format!("unexpected request {call}")}))
+        };
+        let auth_header = req.headers.get("authorization").cloned().unwrap_or_default();
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/info") => {
+                let ua = match &self.auth {
+                    AuthMode::Uaa { .. } => serde_json::json!({"type": "uaa", "options": {"url": format!("{}/uaa", self.url)}}),
+                    AuthMode::Basic { .. } => serde_json::json!({"type": "basic", "options": {}}),
+                };
+                return json("200 OK", serde_json::json!({"name": "double", "uuid": "0000", "version": "282.0.0", "user_authentication": ua}));
+            }
+            ("POST", "/uaa/oauth/token") => {
+                let AuthMode::Uaa { client, secret } = &self.auth else { return unexpected("no UAA") };
+                if String::from_utf8_lossy(&req.body) != "grant_type=client_credentials" {
+                    return unexpected("not a client-credentials grant");
+                }
+                if auth_header != format!("Basic {}", b64(&format!("{client}:{secret}"))) {
+                    return json("401 Unauthorized", serde_json::json!({"error": "unauthorized", "error_description": "Bad credentials"}));
+                }
+                let mut st = self.state.lock().unwrap();
+                let token = format!("token-{}-{}", st.tokens.len(), std::process::id());
+                st.tokens.insert(token.clone());
+                return json("200 OK", serde_json::json!({"access_token": token, "token_type": "bearer", "expires_in": 3600}));
+            }
+            _ => {}
+        }
+        let authorized = match &self.auth {
+            AuthMode::Uaa { .. } => auth_header
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| self.state.lock().unwrap().tokens.contains(t)),
+            AuthMode::Basic { user, password } => auth_header == format!("Basic {}", b64(&format!("{user}:{password}"))),
+        };
+        if !authorized {
+            self.state.lock().unwrap().unexpected.push(format!("{call}: unauthorized"));
+            return json("401 Unauthorized", serde_json::json!({"code": 600000, "description": "Require one of the scopes: bosh.admin"}));
+        }
+        let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        match (req.method.as_str(), segs.as_slice()) {
+            ("GET", ["tasks", id]) => {
+                let mut st = self.state.lock().unwrap();
+                let Some(t) = id.parse().ok().and_then(|id: u64| st.tasks.get_mut(&id)) else { drop(st); return unexpected("no such task") };
+                t.polls += 1;
+                let state = if t.polls == 1 { "processing" } else { t.state };
+                let result = if state == "processing" { serde_json::Value::Null } else { t.result.clone().into() };
+                json("200 OK", serde_json::json!({"id": id.parse::<u64>().unwrap(), "state": state, "description": t.description, "result": result}))
+            }
+            ("GET", ["tasks", id, "output"]) if req.query == "type=result" => {
+                let st = self.state.lock().unwrap();
+                let Some(t) = id.parse().ok().and_then(|id: u64| st.tasks.get(&id)) else { drop(st); return unexpected("no such task") };
+                if t.polls < 2 {
+                    drop(st);
+                    self.state.lock().unwrap().unexpected.push(format!("{call}: output read before the task ended"));
+                    return json("400 Bad Request", serde_json::json!({"description": "task not finished"}));
+                }
+                ("200 OK", vec![], t.output.clone())
+            }
+            ("GET", ["deployments", d, "vms"]) if req.query == "format=full" => {
+                let mut st = self.state.lock().unwrap();
+                let Some(dep) = st.deployments.get(*d).cloned() else { return not_found(d) };
+                let out: String = dep
+                    .vms
+                    .iter()
+                    .map(|v| {
+                        let ip = v.address.split(':').next().unwrap().to_string();
+                        format!(
+                            "{}\n",
+                            serde_json::json!({"vm_cid": format!("vm-{}", v.id), "ips": [ip], "job_name": v.group, "index": v.index, "id": v.id, "bootstrap": v.bootstrap, "job_state": "running"})
+                        )
+                    })
+                    .collect();
+                let fail = st.failing_vms_task.contains(*d);
+                self.task(&mut st, "retrieve vm-stats", if fail { ("error", "Timed out sending 'get_state' to instance".into(), String::new()) } else { ("done", "".into(), out) })
+            }
+            ("GET", ["deployments", d]) => {
+                let st = self.state.lock().unwrap();
+                let Some(dep) = st.deployments.get(*d) else { return not_found(d) };
+                json("200 OK", serde_json::json!({"manifest": dep.manifest}))
+            }
+            ("POST", ["deployments", d, "ssh"]) => {
+                let Ok(body) = serde_json::from_slice::<serde_json::Value>(&req.body) else { return unexpected("body is not JSON") };
+                let mut st = self.state.lock().unwrap();
+                let Some(dep) = st.deployments.get(*d).cloned() else { return not_found(d) };
+                let group = body["target"]["job"].as_str().unwrap_or_default().to_string();
+                let shape_ok = body["deployment_name"] == *d
+                    && body["target"]["indexes"] == serde_json::json!([])
+                    && body["target"]["ids"] == serde_json::json!([])
+                    && dep.vms.iter().any(|v| v.group == group);
+                // The log says which command and group, for order assertions.
+                let cmd = body["command"].as_str().unwrap_or_default().to_string();
+                if let Some(last) = st.calls.last_mut() {
+                    last.push_str(&format!(" {cmd} {group}"));
+                }
+                if !shape_ok {
+                    drop(st);
+                    return unexpected(&format!("bad ssh request {body}"));
+                }
+                match cmd.as_str() {
+                    "setup" => {
+                        let p = &body["params"];
+                        let (Some(user), Some(key)) = (p["user"].as_str(), p["public_key"].as_str()) else {
+                            drop(st);
+                            return unexpected("setup without user/public_key");
+                        };
+                        if p["password"] != "" || !user.starts_with("bosh_") || user.len() != 20 {
+                            drop(st);
+                            return unexpected(&format!("bad setup params {p}"));
+                        }
+                        let mut hosts = Vec::new();
+                        for v in dep.vms.iter().filter(|v| v.group == group) {
+                            let ok = !st.failing_setup.contains(&v.id);
+                            if ok && !st.users.contains_key(user) {
+                                let line = format!("{key} {user}");
+                                create_user(user, &line, &self.authorized_keys);
+                                st.users.insert(user.to_string(), line);
+                                st.created.push(user.to_string());
+                            }
+                            hosts.push(serde_json::json!({
+                                "status": if ok { "success" } else { "failure" },
+                                "ip": v.address, "host_public_key": v.host_key_line, "id": v.id, "index": v.index,
+                                "job": v.group, "gateway_user": "", "gateway_host": "",
+                            }));
+                        }
+                        let out = serde_json::Value::Array(hosts).to_string();
+                        self.task(&mut st, "create ssh user", ("done", "".into(), out))
+                    }
+                    "cleanup" => {
+                        let Some(re) = body["params"]["user_regex"].as_str().and_then(|r| r.strip_prefix('^')).map(str::to_string) else {
+                            drop(st);
+                            return unexpected("cleanup without user_regex ^...");
+                        };
+                        let users: Vec<String> = st.users.keys().filter(|u| u.starts_with(&re)).cloned().collect();
+                        for u in users {
+                            remove_user(&u, &self.authorized_keys);
+                            st.users.remove(&u);
+                            st.cleaned.push(u);
+                        }
+                        self.task(&mut st, "ssh cleanup", ("done", "".into(), String::new()))
+                    }
+                    _ => {
+                        drop(st);
+                        unexpected("unknown ssh command")
+                    }
+                }
+            }
+            _ => unexpected("no such endpoint"),
+        }
+    }
+
+    fn task(&self, st: &mut State, description: &str, (state, result, output): (&'static str, String, String)) -> Response {
+        let id = st.next_task;
+        st.next_task += 1;
+        st.tasks.insert(id, Task { polls: 0, state, result, output, description: description.to_string() });
+        ("302 Found", vec![("Location".into(), format!("{}/tasks/{id}", self.url))], String::new())
+    }
+}
+
+fn not_found(d: &str) -> Response {
+    json("404 Not Found", serde_json::json!({"code": 70000, "description": format!("Deployment '{d}' doesn't exist")}))
+}
+
+fn run_ok(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Creates `user` (a locked-password-free account: sshd with `UsePAM no` refuses `!`
+/// accounts), gives it passwordless sudo as `bosh_sshers` has, and authorizes the key.
+fn create_user(user: &str, key_line: &str, authorized_keys: &Path) {
+    let mut ok = false;
+    for _ in 0..20 {
+        // useradd fails while another process holds /etc/passwd's lock: retry.
+        if run_ok(Command::new("useradd").args(["-M", "-s", "/bin/sh", "-p", "*", user])) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ok, "useradd {user} failed");
+    let sudoers = format!("/etc/sudoers.d/lockstep-{user}");
+    std::fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
+    std::fs::set_permissions(&sudoers, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    let mut all = std::fs::read_to_string(authorized_keys).unwrap();
+    all.push_str(key_line);
+    all.push('\n');
+    std::fs::write(authorized_keys, all).unwrap();
+}
+
+fn remove_user(user: &str, authorized_keys: &Path) {
+    if let Ok(all) = std::fs::read_to_string(authorized_keys) {
+        let kept: String = all.lines().filter(|l| !l.ends_with(&format!(" {user}"))).map(|l| format!("{l}\n")).collect();
+        let _ = std::fs::write(authorized_keys, kept);
+    }
+    let _ = std::fs::remove_file(format!("/etc/sudoers.d/lockstep-{user}"));
+    for _ in 0..20 {
+        if run_ok(Command::new("userdel").args(["-f", user])) || !user_exists(user) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn user_exists(user: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd").unwrap_or_default().lines().any(|l| l.starts_with(&format!("{user}:")))
+}
