@@ -6,6 +6,7 @@
 //! ```
 
 use super::discover::{discover, Deployment, JobAt};
+use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
@@ -75,39 +76,7 @@ pub(crate) async fn artifact_dir_checks(ctx: &Ctx, dep: &Deployment) -> Failures
     failures
 }
 
-/// Runs `kind` on every job of `jobs` that has it, at most `max_in_flight` at once.
-/// Returns the errors, each wrapped as bbr words them.
-pub(crate) async fn run_on_jobs(
-    ctx: &Ctx,
-    dep: &Deployment,
-    jobs: &[JobAt],
-    kind: ScriptKind,
-    env: &[(String, String)],
-    can_cancel: bool,
-) -> Vec<anyhow::Error> {
-    let with_script: Vec<JobAt> = jobs.iter().copied().filter(|&at| dep.job(at).1.has(kind)).collect();
-    let results = bounded(ctx.max_in_flight, with_script, |at| async move {
-        let (inst, job) = dep.job(at);
-        let run = script(ctx, inst, &job.name, kind, env);
-        let r = if can_cancel { cancellable(ctx, run).await } else { run.await };
-        r.map_err(|e| {
-            if e.is::<Cancelled>() {
-                e
-            } else {
-                anyhow!("Error attempting to run {kind} for job {} on {}: {e:#}", job.name, inst.id())
-            }
-        })
-    })
-    .await;
-    results.into_iter().filter_map(Result::err).collect()
-}
 
-fn record(failures: &mut Failures, kind: FailureKind, errors: Vec<anyhow::Error>) {
-    for e in errors {
-        let k = if e.is::<Cancelled>() { FailureKind::Cancelled } else { kind };
-        failures.push(k, e);
-    }
-}
 
 /// Takes a backup of `target` into `store`.
 pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &BackupOptions) -> BackupOutcome {
@@ -156,20 +125,12 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     if opts.unsafe_lock_free {
         ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
     } else {
-        let fails = &mut out.failures;
-        out.timings
-            .phase(ctx, Phase::Lock, async {
-                for level in &levels {
-                    if ctx.cancelled() {
-                        break;
-                    }
-                    locked_levels += 1;
-                    lock_window_start.get_or_insert_with(Instant::now);
-                    let errors = run_on_jobs(ctx, dep, level, ScriptKind::PreBackupLock, &[], true).await;
-                    record(fails, FailureKind::Lock, errors);
-                }
-            })
-            .await;
+        let start = Instant::now();
+        let (attempted, errors) =
+            out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
+        record(&mut out.failures, FailureKind::Lock, errors);
+        locked_levels = attempted;
+        lock_window_start = (attempted > 0).then_some(start);
     }
 
     // Backup: every job's script as one parallel batch, unless locking failed.
@@ -206,15 +167,11 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     if !opts.unsafe_lock_free && locked_levels > 0 {
         let succeeded = (lock_ok && backup_ok).to_string();
         let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
-        let fails = &mut out.failures;
-        out.timings
-            .phase(ctx, Phase::Unlock, async {
-                for level in levels[..locked_levels].iter().rev() {
-                    let errors = run_on_jobs(ctx, dep, level, ScriptKind::PostBackupUnlock, &env, false).await;
-                    record(fails, FailureKind::Unlock, errors);
-                }
-            })
+        let errors = out
+            .timings
+            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
             .await;
+        record(&mut out.failures, FailureKind::Unlock, errors);
         out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
         if let Some(w) = out.timings.lock_window {
             ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));

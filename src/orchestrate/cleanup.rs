@@ -1,7 +1,7 @@
 //! `backup-cleanup` and `restore-cleanup`: after an interrupted run, unlock every job
 //! (unlock scripts are expected to be idempotent) and remove the staging directory.
 
-use super::backup::run_on_jobs;
+use super::levels::{record, unlock_in_reverse, Within};
 use super::discover::discover;
 use super::{remove_staging, Ctx, FailureKind, Failures, Timings};
 use crate::events::Phase;
@@ -25,30 +25,17 @@ pub async fn cleanup(ctx: &Ctx, target: &dyn Target, dir: Direction) -> (Failure
             return (failures, timings);
         }
     };
-    let fails = &mut failures;
-    timings
-        .phase(ctx, Phase::Unlock, async {
-            for level in levels.iter().rev() {
-                let errors = match dir {
-                    Direction::Backup => {
-                        let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), "false".to_string())];
-                        run_on_jobs(ctx, &dep, level, ScriptKind::PostBackupUnlock, &env, false).await
-                    }
-                    // bbr runs restore unlocks one at a time.
-                    Direction::Restore => {
-                        let mut errs = Vec::new();
-                        for &at in level {
-                            errs.extend(run_on_jobs(ctx, &dep, &[at], ScriptKind::PostRestoreUnlock, &[], false).await);
-                        }
-                        errs
-                    }
-                };
-                for e in errors {
-                    fails.push(FailureKind::Unlock, e);
-                }
-            }
-        })
-        .await;
+    let (kind, env, within) = match dir {
+        Direction::Backup => (
+            ScriptKind::PostBackupUnlock,
+            vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), "false".to_string())],
+            Within::Parallel,
+        ),
+        // bbr runs restore unlocks one at a time.
+        Direction::Restore => (ScriptKind::PostRestoreUnlock, Vec::new(), Within::Serial),
+    };
+    let errors = timings.phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, &dep, &levels, kind, &env, within)).await;
+    record(&mut failures, FailureKind::Unlock, errors);
     // Every instance with a backup or restore script may hold a staging directory.
     let instances: Vec<_> = dep
         .instances

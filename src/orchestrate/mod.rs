@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod discover;
 pub mod failure;
+pub mod levels;
 pub mod precheck;
 pub mod restore;
 

@@ -7,7 +7,7 @@
 //!        -> post-restore-unlock (levels reversed, always after a lock was attempted) -> cleanup
 //! ```
 
-use super::backup::run_on_jobs;
+use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::discover::{discover, Deployment};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
@@ -89,46 +89,21 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
     }
 
     // 3. Lock, restore, unlock. bbr runs these one at a time; so do we.
-    let mut locked_levels = 0;
     if upload_ok && !ctx.cancelled() {
-        let fails = &mut out.failures;
-        out.timings
-            .phase(ctx, Phase::Lock, async {
-                for level in &levels {
-                    if ctx.cancelled() {
-                        break;
-                    }
-                    locked_levels += 1;
-                    for &at in level {
-                        let errs = run_on_jobs(ctx, dep, &[at], ScriptKind::PreRestoreLock, &[], true).await;
-                        for e in errs {
-                            let kind = if e.is::<Cancelled>() { FailureKind::Cancelled } else { FailureKind::General };
-                            fails.push(kind, anyhow!("pre-restore-lock failed: {e:#}"));
-                        }
-                    }
-                }
-            })
-            .await;
+        let (locked_levels, errors) =
+            out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreRestoreLock, Within::Serial)).await;
+        // bbr wraps a pre-restore-lock failure as a plain error (bit 1), not a lock error.
+        let errors = errors.into_iter().map(|e| if e.is::<Cancelled>() { e } else { anyhow!("pre-restore-lock failed: {e:#}") }).collect();
+        record(&mut out.failures, FailureKind::General, errors);
         if out.failures.is_empty() && !ctx.cancelled() {
-            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, &dep)).await;
-            for e in errors {
-                let kind = if e.is::<Cancelled>() { FailureKind::Cancelled } else { FailureKind::General };
-                out.failures.push(kind, e);
-            }
+            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, dep)).await;
+            record(&mut out.failures, FailureKind::General, errors);
         }
-        let fails = &mut out.failures;
-        out.timings
-            .phase(ctx, Phase::Unlock, async {
-                for level in levels[..locked_levels].iter().rev() {
-                    for &at in level {
-                        let errs = run_on_jobs(ctx, dep, &[at], ScriptKind::PostRestoreUnlock, &[], false).await;
-                        for e in errs {
-                            fails.push(FailureKind::Unlock, e);
-                        }
-                    }
-                }
-            })
+        let errors = out
+            .timings
+            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostRestoreUnlock, &[], Within::Serial))
             .await;
+        record(&mut out.failures, FailureKind::Unlock, errors);
     }
 
     // 4. Cleanup where we uploaded.
