@@ -44,6 +44,7 @@ const TOP_KEYS: &[&str] =
     &["target", "store", "compression", "encryption", "retention", "max_in_flight", "script_timeout", "min_stores", "ssh"];
 const TARGET_KINDS: &[&str] = &["hosts", "director", "deployment", "local"];
 const DIRECTOR_KEYS: &[&str] = &["host", "username", "private_key", "host_public_key"];
+const DEPLOYMENT_KEYS: &[&str] = &["environment", "client", "client_secret", "ca_cert", "deployment"];
 const LOCAL_KEYS: &[&str] = &["name", "instances"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity"];
 const RETENTION_KEYS: &[&str] = &["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_within", "min_age", "grace"];
@@ -73,6 +74,8 @@ pub enum TargetConfig {
     Hosts { name: String, inventory: String },
     Director { name: String, inventory: String },
     Local { name: String, instances: Vec<(InstanceId, String)> },
+    /// A BOSH deployment through the director API (bbr's `deployment` mode).
+    Deployment { environment: String, client: String, client_secret: String, ca_cert: Option<String>, deployment: String },
 }
 
 #[derive(Clone)]
@@ -238,10 +241,20 @@ impl TargetConfig {
                 Inventory::parse(&text).context("target.director")?;
                 Ok(TargetConfig::Director { name, inventory: text })
             }
-            "deployment" => bail!(
-                "target.deployment (a BOSH deployment through the director API) is not supported by this version yet; \
-                 use target.hosts or target.director"
-            ),
+            "deployment" => {
+                let d = object(body, "target.deployment")?;
+                check_keys(d, DEPLOYMENT_KEYS, "target.deployment")?;
+                let get = |k: &str| -> anyhow::Result<String> {
+                    string(d.get(k).ok_or_else(|| anyhow!("target.deployment: missing `{k}`"))?, &format!("target.deployment.{k}"))
+                };
+                Ok(TargetConfig::Deployment {
+                    environment: get("environment")?,
+                    client: get("client")?,
+                    client_secret: get("client_secret")?,
+                    ca_cert: d.get("ca_cert").map(|v| string(v, "target.deployment.ca_cert")).transpose()?,
+                    deployment: get("deployment")?,
+                })
+            }
             "local" => {
                 let l = object(body, "target.local")?;
                 check_keys(l, LOCAL_KEYS, "target.local")?;
@@ -260,6 +273,7 @@ impl TargetConfig {
     pub fn deployment_name(&self) -> &str {
         match self {
             TargetConfig::Hosts { name, .. } | TargetConfig::Director { name, .. } | TargetConfig::Local { name, .. } => name,
+            TargetConfig::Deployment { deployment, .. } => deployment,
         }
     }
 }
@@ -345,12 +359,18 @@ impl Config {
         }
     }
 
-    pub fn open_target(&self) -> anyhow::Result<Box<dyn Target>> {
+    /// Builds the target; for a BOSH deployment this logs in to the director.
+    pub async fn open_target(&self) -> anyhow::Result<Box<dyn Target>> {
         match self.target.as_ref().ok_or_else(|| anyhow!("source: missing `target` (which deployment to back up or restore)"))? {
             TargetConfig::Hosts { inventory, .. } | TargetConfig::Director { inventory, .. } => {
                 Ok(Box::new(HostsTarget::from_yaml(inventory, &self.ssh)?))
             }
             TargetConfig::Local { name, instances } => Ok(Box::new(LocalTarget::new(name.clone(), instances.clone()))),
+            TargetConfig::Deployment { environment, client, client_secret, ca_cert, deployment } => {
+                let ca = ca_cert.as_deref().map(crate::bosh::read_ca_cert).transpose().context("target.deployment.ca_cert")?;
+                let director = crate::bosh::DirectorClient::connect(environment, client, client_secret, ca.as_deref()).await?;
+                Ok(Box::new(crate::bosh::DeploymentTarget::new(director, deployment, &self.ssh)?))
+            }
         }
     }
 }
@@ -418,6 +438,8 @@ mod tests {
         assert!(e.contains("store: unknown key `regoin_name`") && e.contains("region_name"), "{e}");
         let e = err(r#"{"store": {"path": "/x"}, "retention": {"keep_lats": 1}}"#);
         assert!(e.contains("retention: unknown key `keep_lats`"), "{e}");
+        let e = err(r#"{"store": {"path": "/x"}, "target": {"deployment": {"environment": "x", "client": "c", "client_secret": "s", "deploymnet": "cf"}}}"#);
+        assert!(e.contains("target.deployment: unknown key `deploymnet`") && e.contains("ca_cert"), "{e}");
         let e = err(r#"{"store": {"path": "/x"}, "target": {"hosts": {}, "director": {}}}"#);
         assert!(e.contains("exactly one of hosts, director, deployment, local"), "{e}");
         let e = err(r#"{"target": {"local": {"name": "x", "instances": {}}}}"#);

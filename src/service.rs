@@ -26,36 +26,54 @@ pub fn tune(ctx: &mut Ctx, cfg: &Config) {
 }
 
 pub async fn run_backup(ctx: &Ctx, cfg: &Config, unsafe_lock_free: bool, origin: BTreeMap<String, String>) -> anyhow::Result<BackupOutcome> {
-    let target = cfg.open_target()?;
+    let target = cfg.open_target().await?;
     let store = cfg.open_store()?;
     let opts = BackupOptions { unsafe_lock_free, origin, manifest: None, codec: cfg.codec() };
-    Ok(backup(ctx, target.as_ref(), store.as_ref(), &opts).await)
+    let mut out = backup(ctx, target.as_ref(), store.as_ref(), &opts).await;
+    release(target.as_ref(), &mut out.failures).await;
+    Ok(out)
 }
 
 /// Restores artifact `name` from the configured store.
 pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str) -> anyhow::Result<RestoreOutcome> {
-    let target = cfg.open_target()?;
+    let target = cfg.open_target().await?;
     let store = cfg.open_store()?;
     let opts = RestoreOptions { accept_bbr: false, identities: cfg.identities()? };
-    Ok(restore_with(ctx, target.as_ref(), store.as_ref(), name, &opts).await)
+    let mut out = restore_with(ctx, target.as_ref(), store.as_ref(), name, &opts).await;
+    release(target.as_ref(), &mut out.failures).await;
+    Ok(out)
 }
 
 /// Restores a local artifact directory (fetched by `get`, or made by bbr).
 pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path) -> anyhow::Result<RestoreOutcome> {
-    let target = cfg.open_target()?;
+    let target = cfg.open_target().await?;
     let (store, name) = crate::cli::split_artifact_path(dir)?;
     let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()? };
-    Ok(restore_with(ctx, target.as_ref(), &store, &name, &opts).await)
+    let mut out = restore_with(ctx, target.as_ref(), &store, &name, &opts).await;
+    release(target.as_ref(), &mut out.failures).await;
+    Ok(out)
 }
 
 pub async fn run_cleanup(ctx: &Ctx, cfg: &Config, dir: Direction) -> anyhow::Result<(Failures, Timings)> {
-    let target = cfg.open_target()?;
-    Ok(cleanup(ctx, target.as_ref(), dir).await)
+    let target = cfg.open_target().await?;
+    let (mut failures, timings) = cleanup(ctx, target.as_ref(), dir).await;
+    release(target.as_ref(), &mut failures).await;
+    Ok((failures, timings))
 }
 
 pub async fn run_pre_backup_check(ctx: &Ctx, cfg: &Config) -> anyhow::Result<(Failures, Timings)> {
-    let target = cfg.open_target()?;
-    Ok(pre_backup_check(ctx, target.as_ref()).await)
+    let target = cfg.open_target().await?;
+    let (mut failures, timings) = pre_backup_check(ctx, target.as_ref()).await;
+    release(target.as_ref(), &mut failures).await;
+    Ok((failures, timings))
+}
+
+/// Gives back what the target acquired (BOSH's temporary SSH users); a failure is a cleanup
+/// failure (bit 16), as bbr counts a failed SSH-user cleanup.
+async fn release(target: &dyn crate::target::Target, failures: &mut Failures) {
+    if let Err(e) = target.release().await {
+        failures.push(crate::orchestrate::FailureKind::Cleanup, e.context("cleaning up the temporary SSH users"));
+    }
 }
 
 /// Committed artifacts of the configured deployment (all deployments without a target),

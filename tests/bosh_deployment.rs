@@ -278,3 +278,36 @@ fn director_errors_a_person_can_act_on() {
     assert_eq!(other.calls(), ["GET /info", "GET /deployments/cf/vms?format=full"]);
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 }
+
+/// The Concourse resource with `source.target.deployment`: a `put` backs up through the
+/// director and its temporary SSH users are gone afterwards.
+#[test]
+fn the_resource_backs_up_a_bosh_deployment() {
+    let Some((_fleet, director, tmp)) = setup("the_resource_backs_up_a_bosh_deployment") else { return };
+    let store = tmp.path().join("store");
+    let source = serde_json::json!({
+        "target": {"deployment": {"environment": director.url, "client": CLIENT, "client_secret": SECRET,
+                                  "ca_cert": director.ca_pem, "deployment": "cf"}},
+        "store": {"path": store},
+    });
+    let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_out"))
+        .arg(tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    out.stdin.take().unwrap().write_all(serde_json::json!({"source": source}).to_string().as_bytes()).unwrap();
+    let out = out.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["version"]["artifact"].as_str().unwrap().starts_with("cf_"), "{v}");
+    assert!(!stderr.contains(SECRET), "the client secret was printed");
+    assert!(!director.created_users().is_empty());
+    assert!(director.live_users().is_empty(), "SSH users left behind: {:?}", director.live_users());
+    for u in director.created_users() {
+        assert!(!user_exists(&u), "{u} still exists");
+    }
+}
