@@ -115,6 +115,15 @@ fn artifact_metadata(m: &CommitMarker) -> Vec<Value> {
     out
 }
 
+/// `api/0: cloud_controller; db/0: postgres, pgbouncer`
+fn jobs_summary(m: &crate::artifact::BackupMetadata) -> String {
+    m.instances
+        .iter()
+        .map(|i| format!("{}/{}: {}", i.name, i.index, i.artifacts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub async fn check(req: &Request) -> anyhow::Result<Value> {
     let names = service::committed(&req.config).await?;
     let from = match &req.version {
@@ -169,6 +178,9 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
             let marker = out.marker.ok_or_else(|| anyhow!("the backup committed no artifact"))?;
             let mut md = artifact_metadata(&marker);
             md.push(meta("deployment", marker.deployment.clone()));
+            if let Ok(art) = service::describe(&req.config, &marker.artifact).await {
+                md.push(meta("instances and jobs", jobs_summary(&art.metadata)));
+            }
             Ok(json!({ "version": version(&marker.artifact), "metadata": md }))
         }
         "restore" => {

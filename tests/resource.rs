@@ -125,6 +125,7 @@ fn versions_backups_fetches_restores_and_prunes_over_ssh_and_s3() {
     assert_eq!(metadata(&v1, "encrypted"), "true");
     assert_eq!(metadata(&v1, "codec"), "zstd + age");
     assert_eq!(metadata(&v1, "lock-free"), "false");
+    assert_eq!(metadata(&v1, "instances and jobs"), "api/0: cloud_controller; blobstore/0: blobstore; db/0: postgres");
     assert!(metadata(&v1, "lock window (API downtime)").ends_with('s'), "{v1}");
     assert!(e.contains("lock window (API downtime)"), "the log shows the timings table: {e}");
     // The Concourse build is recorded in lockstep.json.
@@ -179,6 +180,18 @@ fn versions_backups_fetches_restores_and_prunes_over_ssh_and_s3() {
     assert_eq!(v, json!([{"artifact": second}]));
     let e = fails("in", Some(&tmp.path().join("gone")), &json!({"source": source, "version": {"artifact": first}}));
     assert!(e.contains("no longer exists"), "{e}");
+    all_output += &e;
+
+    // Wrong credentials: a clear error, nothing on stdout, nothing written to the store.
+    let mut wrong = source.clone();
+    wrong["store"]["secret_access_key"] = json!("not-the-secret");
+    let files_before = server.files();
+    let e = fails("out", Some(&put_dir), &json!({"source": wrong, "params": {}}));
+    assert!(e.contains("credentials") || e.contains("signature") || e.contains("Access"), "{e}");
+    assert!(!e.contains("not-the-secret"), "{e}");
+    assert_eq!(server.files(), files_before, "a failed put wrote to the store");
+    let e = fails("check", None, &json!({"source": wrong}));
+    assert!(!e.contains("not-the-secret"), "{e}");
     all_output += &e;
 
     // Secrets never reach a log.
