@@ -40,6 +40,9 @@ struct LocalWriter {
     tmp: PathBuf,
     dest: PathBuf,
     size: u64,
+    /// Set once the rename has put the object in place; until then, dropping the writer
+    /// (an abort, a failed commit, or a stop request dropping the future) removes `tmp`.
+    committed: bool,
 }
 
 impl AsyncWrite for LocalWriter {
@@ -69,7 +72,7 @@ impl AsyncWrite for LocalWriter {
 impl Drop for LocalWriter {
     fn drop(&mut self) {
         // Not committed: leave nothing behind.
-        if self.file.is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -83,16 +86,15 @@ impl ObjectWriter for LocalWriter {
         // in a crash.
         file.sync_all().await.with_context(|| format!("syncing {}", self.tmp.display()))?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest)
-            .await
-            .with_context(|| format!("renaming {} into place", self.dest.display()))?;
+        // Synchronous, like the open in `create`: a rename left running on the blocking pool
+        // after a stop request dropped this future could publish an object nobody records.
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| format!("renaming {} into place", self.dest.display()))?;
+        self.committed = true;
         Ok(self.size)
     }
 
-    async fn abort(mut self: Box<Self>) {
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.tmp).await;
-        }
+    async fn abort(self: Box<Self>) {
+        // Dropping removes the temporary file.
     }
 }
 
@@ -113,12 +115,15 @@ impl Store for LocalStore {
         builder.create(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
         let name = dest.file_name().context("key without a name")?.to_string_lossy();
         let tmp = dir.join(format!("{PARTIAL_PREFIX}{name}"));
-        let mut opts = fs::OpenOptions::new();
+        // Opened synchronously on purpose: an async open runs on the blocking pool, and if
+        // this future is dropped (a stop request) while it is in flight the file would appear
+        // after its owner is gone and stay behind. A file open is one short syscall.
+        let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
-        opts.mode(0o600);
-        let file = opts.open(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(Box::new(LocalWriter { file: Some(file), tmp, dest, size: 0 }))
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Box::new(LocalWriter { file: Some(fs::File::from_std(file)), tmp, dest, size: 0, committed: false }))
     }
 
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
