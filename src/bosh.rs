@@ -70,12 +70,14 @@ pub fn director_url(target: &str) -> anyhow::Result<Url> {
     Ok(url)
 }
 
+#[derive(Clone)]
 enum Auth {
     Basic { user: String, password: Secret },
     Bearer(Secret),
 }
 
-/// An authenticated director API client.
+/// An authenticated director API client (cloned for each deployment of `--all-deployments`).
+#[derive(Clone)]
 pub struct DirectorClient {
     base: Url,
     http: reqwest::Client,
@@ -276,6 +278,22 @@ impl DirectorClient {
         bail!("{what}: director answered {status}: {}", body.chars().take(300).collect::<String>())
     }
 
+    /// `GET /deployments`: the names of every deployment, in the director's order.
+    pub async fn deployments(&self) -> anyhow::Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Dep {
+            name: String,
+        }
+        let what = "listing the deployments";
+        let rb = self.request(Method::GET, "/deployments")?;
+        let resp = self.send(what, rb).await?;
+        if resp.status().is_redirection() {
+            bail!("{what}: the director answered {} instead of the list", resp.status());
+        }
+        let deps: Vec<Dep> = resp.json().await.with_context(|| format!("{what}: invalid answer"))?;
+        Ok(deps.into_iter().map(|d| d.name).collect())
+    }
+
     /// `GET /deployments/:d/vms?format=full` (a task).
     pub async fn vms(&self, deployment: &str) -> anyhow::Result<Vec<VmInfo>> {
         let what = format!("listing the VMs of deployment '{deployment}'");
@@ -431,6 +449,54 @@ pub fn releases_from_manifest(yaml: &str) -> anyhow::Result<HashMap<(String, Str
     Ok(out)
 }
 
+/// The `(group, job)`s whose manifest properties set `bbr.backup_one_restore_all: true`
+/// (bbr's `manifest_querier.go`): v2 `instance_groups[].jobs[].properties.bbr`, v1
+/// `jobs[].properties.bbr` (then every template of that group).
+pub fn backup_one_restore_all_from_manifest(yaml: &str) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    #[derive(Deserialize, Default)]
+    struct Manifest {
+        #[serde(default)]
+        instance_groups: Vec<Group>,
+        #[serde(default)]
+        jobs: Vec<Group>,
+    }
+    #[derive(Deserialize)]
+    struct Group {
+        name: String,
+        #[serde(default)]
+        jobs: Vec<Job>,
+        #[serde(default)]
+        templates: Vec<Job>,
+        #[serde(default)]
+        properties: Value,
+    }
+    #[derive(Deserialize)]
+    struct Job {
+        name: String,
+        #[serde(default)]
+        properties: Value,
+    }
+    fn set(props: &Value) -> bool {
+        props.pointer("/bbr/backup_one_restore_all").and_then(Value::as_bool).unwrap_or(false)
+    }
+    let mut out = std::collections::HashSet::new();
+    if yaml.trim().is_empty() {
+        return Ok(out);
+    }
+    let m: Manifest = serde_saphyr::from_str(yaml).map_err(|e| anyhow!("invalid deployment manifest: {}", e.without_snippet()))?;
+    for g in &m.instance_groups {
+        for j in g.jobs.iter().filter(|j| set(&j.properties)) {
+            out.insert((g.name.clone(), j.name.clone()));
+        }
+    }
+    for g in m.jobs.iter().filter(|g| set(&g.properties)) {
+        for t in &g.templates {
+            out.insert((g.name.clone(), t.name.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// The per-run SSH identity: `bosh_<15 hex>` and a fresh key pair.
 pub struct SshIdentity {
     pub user: String,
@@ -468,6 +534,8 @@ pub struct DeploymentTarget {
     opts: SshOptions,
     identity: SshIdentity,
     releases: Mutex<HashMap<(String, String), String>>,
+    /// The manifest, downloaded once (release names, `--with-manifest`).
+    manifest: tokio::sync::OnceCell<String>,
     /// Groups for which `ssh setup` was sent: `ssh cleanup` is owed for each.
     set_up: Mutex<Vec<String>>,
     session: tokio::sync::OnceCell<Session>,
@@ -484,6 +552,7 @@ impl DeploymentTarget {
             opts: opts.clone(),
             identity: SshIdentity::generate()?,
             releases: Mutex::new(HashMap::new()),
+            manifest: tokio::sync::OnceCell::new(),
             set_up: Mutex::new(Vec::new()),
             session: tokio::sync::OnceCell::new(),
         })
@@ -494,11 +563,16 @@ impl DeploymentTarget {
         &self.identity.user
     }
 
+    /// The deployment manifest (`GET /deployments/:d`), downloaded at most once per run.
+    pub async fn manifest(&self) -> anyhow::Result<&str> {
+        self.manifest.get_or_try_init(|| self.client.manifest(&self.deployment)).await.map(String::as_str)
+    }
+
     async fn open(&self) -> anyhow::Result<Session> {
         let d = &self.deployment;
         let vms = self.client.vms(d).await?;
-        let manifest = self.client.manifest(d).await?;
-        let releases = releases_from_manifest(&manifest).with_context(|| format!("deployment '{d}'"))?;
+        let manifest = self.manifest().await?;
+        let releases = releases_from_manifest(manifest).with_context(|| format!("deployment '{d}'"))?;
         *self.releases.lock().map_err(|_| anyhow!("poisoned"))? = releases;
         let mut groups: Vec<String> = Vec::new();
         for vm in &vms {
@@ -596,6 +670,20 @@ mod tests {
         .unwrap();
         assert_eq!(r.get(&("db".into(), "pg".into())).map(String::as_str), Some("postgres"));
         assert_eq!(r.get(&("old".into(), "t".into())).map(String::as_str), Some("r1"));
+    }
+
+    #[test]
+    fn backup_one_restore_all_v1_and_v2() {
+        let r = backup_one_restore_all_from_manifest(
+            "name: d\ninstance_groups:\n- name: db\n  jobs:\n  - name: pg\n    release: postgres\n    properties: {bbr: {backup_one_restore_all: true}}\n\
+             \x20 - name: other\n    release: postgres\n    properties: {bbr: {backup_one_restore_all: false}}\n\
+             jobs:\n- name: old\n  properties: {bbr: {backup_one_restore_all: true}}\n  templates:\n  - name: t\n    release: r1\n",
+        )
+        .unwrap();
+        let mut got: Vec<_> = r.into_iter().collect();
+        got.sort();
+        assert_eq!(got, [("db".to_string(), "pg".to_string()), ("old".to_string(), "t".to_string())]);
+        assert!(backup_one_restore_all_from_manifest("").unwrap().is_empty());
     }
 
     #[test]

@@ -534,12 +534,21 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             run_action(ctx, &target, &args.action, &tree).await
         }
         Command::Deployment(args) => {
-            let Some(deployment) = args.deployment.clone() else {
-                if args.all_deployments {
-                    bail!("--all-deployments is not supported yet: give --deployment NAME (BOSH_DEPLOYMENT)");
-                }
+            if args.deployment.is_none() && !args.all_deployments {
                 bail!("provide one of '--deployment' or '--all-deployments' flags.");
-            };
+            }
+            if args.all_deployments {
+                match &args.action {
+                    Action::Restore { .. } | Action::RestoreCleanup => bail!(
+                        "--all-deployments is only supported for pre-backup-check, backup and backup-cleanup: \
+                         restore and restore-cleanup need --deployment NAME (BOSH_DEPLOYMENT)"
+                    ),
+                    Action::Backup { unsafe_lock_free: true, .. } => {
+                        bail!("Cannot use the --unsafe-lock-free flag in conjunction with the --all-deployments flag")
+                    }
+                    _ => {}
+                }
+            }
             for (flag, v) in [("--target", &args.target), ("--username", &args.username), ("--password", &args.password)] {
                 if v.trim().is_empty() {
                     bail!("{flag} flag is required.");
@@ -552,9 +561,12 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             let mut opts = crate::hosts::SshOptions::from_env();
             let flags = crate::hosts::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
             opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+            let Some(deployment) = args.deployment.clone() else {
+                return run_all_deployments(ctx, &client, &opts, &args).await;
+            };
             let target = crate::bosh::DeploymentTarget::new(client, &deployment, &opts)?;
             let tree = format!("lockstep deployment --target {} --deployment {deployment} ...", args.target);
-            run_action(ctx, &target, &args.action, &tree).await
+            run_deployment(ctx, &target, &args.action, &tree).await
         }
         Command::List { artifact_path, store, s3 } => {
             let store: Box<dyn Store> = match &store {
@@ -769,10 +781,89 @@ pub fn split_artifact_path(path: &Path) -> anyhow::Result<(LocalStore, String)> 
     Ok((LocalStore::new(parent), name))
 }
 
+/// One BOSH deployment: `--with-manifest` downloads the manifest (before any SSH setup)
+/// and stores it in the artifact.
+async fn run_deployment(ctx: &Ctx, target: &crate::bosh::DeploymentTarget, action: &Action, tree: &str) -> anyhow::Result<i32> {
+    let manifest = match action {
+        Action::Backup { with_manifest: true, .. } => {
+            ctx.warn(
+                "--with-manifest: the deployment manifest stored in the artifact (manifest.yml) contains secrets \
+                 (credentials, certificates, keys); store the artifact securely or encrypt it (--encrypt-to)",
+            );
+            Some(target.manifest().await?.as_bytes().to_vec())
+        }
+        _ => None,
+    };
+    run_action_with(ctx, target, action, tree, manifest).await
+}
+
+/// `--all-deployments` (pre-backup-check, backup, backup-cleanup): every deployment the
+/// director lists (`GET /deployments`), one after the other (bbr runs up to 10 at once),
+/// each with its own SSH identity, cleaned up after it. bbr's summary goes to stdout;
+/// the exit code is 1 when any deployment failed, 0 otherwise.
+async fn run_all_deployments(
+    ctx: &Ctx,
+    client: &crate::bosh::DirectorClient,
+    opts: &crate::hosts::SshOptions,
+    args: &DeploymentArgs,
+) -> anyhow::Result<i32> {
+    let (verb, done) = match &args.action {
+        Action::PreBackupCheck => ("pre-backup-check", "Can be backed up"),
+        Action::Backup { .. } => ("backup", "Successfully backed up"),
+        Action::BackupCleanup => ("backup-cleanup", "Successfully cleaned up"),
+        Action::Restore { .. } | Action::RestoreCleanup => {
+            bail!("--all-deployments is only supported for pre-backup-check, backup and backup-cleanup")
+        }
+    };
+    let now = || chrono::Utc::now().format("%H:%M:%S").to_string();
+    let names = client.deployments().await?;
+    if names.is_empty() {
+        println!("[{}] No deployments found on the director {}", now(), client.url());
+        return Ok(0);
+    }
+    println!("[{}] Pending: {}", now(), names.join(", "));
+    let tree = format!("lockstep deployment --target {} --all-deployments ...", args.target);
+    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    for name in &names {
+        if ctx.cancelled() {
+            println!("[{}] Not starting {verb} of {name}: cancelled", now());
+            failed.push(name.clone());
+            continue;
+        }
+        println!("[{}] Starting {verb} of {name}", now());
+        let code = match crate::bosh::DeploymentTarget::new(client.clone(), name, opts) {
+            Ok(target) => run_deployment(ctx, &target, &args.action, &tree).await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            eprintln!("error: deployment '{name}': {e:#}");
+            1
+        });
+        if code == 0 {
+            println!("[{}] Finished {verb} of {name}", now());
+            succeeded.push(name.clone());
+        } else {
+            println!("[{}] {verb} of {name} FAILED (exit code {code})", now());
+            failed.push(name.clone());
+        }
+    }
+    println!("[{}] {done}: {}", now(), succeeded.join(", "));
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    println!("[{}] FAILED: {}", now(), failed.join(", "));
+    Ok(1)
+}
+
 /// Runs the action, then [`Target::release`] whatever happened (a failed release is
 /// reported and ORs bbr's cleanup bit, 16, into the exit code).
 async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str) -> anyhow::Result<i32> {
-    let out = run_action_inner(ctx, target, action, tree).await;
+    run_action_with(ctx, target, action, tree, None).await
+}
+
+/// [`run_action`], with the manifest to store (`--with-manifest`, BOSH deployments only).
+async fn run_action_with(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str, manifest: Option<Vec<u8>>) -> anyhow::Result<i32> {
+    let out = run_action_inner(ctx, target, action, tree, manifest).await;
     match target.release().await {
         Ok(()) => out,
         Err(e) => {
@@ -789,7 +880,7 @@ async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str)
     }
 }
 
-async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str) -> anyhow::Result<i32> {
+async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str, manifest: Option<Vec<u8>>) -> anyhow::Result<i32> {
     let name = target.deployment_name().to_string();
     let (failures, timings, cleanup_cmd) = match action {
         Action::PreBackupCheck => {
@@ -802,7 +893,7 @@ async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree:
             (failures, timings, "backup-cleanup")
         }
         Action::Backup { artifact_path, unsafe_lock_free, with_manifest, stores, min_stores, compression, encrypt_to, s3 } => {
-            if *with_manifest {
+            if *with_manifest && manifest.is_none() {
                 bail!("--with-manifest needs a BOSH director (the deployment target); this target has no manifest");
             }
             let recipients = parse_recipients(encrypt_to)?;
@@ -816,7 +907,7 @@ async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree:
                 (Box::new(open_stores(stores, *min_stores, s3)?), Compression::ZSTD)
             };
             let codec = Codec { compression: compression.unwrap_or(default_compression), recipients };
-            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest: None, codec };
+            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest, codec };
             let out = backup(ctx, target, store.as_ref(), &opts).await;
             if let Some(a) = &out.artifact {
                 let location = match artifact_path.as_ref().filter(|_| stores.is_empty()) {

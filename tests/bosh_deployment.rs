@@ -26,6 +26,19 @@ fn lockstep() -> Command {
 /// api/0 (job `locker`, which must be locked before `store` of `good-release`), db/0
 /// (`store` of good-release) and cache/0 (`store` of other-release), on three VMs.
 fn setup(test: &str) -> Option<(Fleet, Director, TempDir)> {
+    let (fleet, vms) = prepare(test)?;
+    let dep = DeploymentSpec { name: "cf".into(), manifest: MANIFEST.into(), vms };
+    let director = Director::start(
+        AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() },
+        vec![dep],
+        fleet.dir().join("authorized_keys"),
+    );
+    let tmp = TempDir::new().unwrap();
+    Some((fleet, director, tmp))
+}
+
+/// The fleet of [`setup`] and its three VMs, for the test to put in deployments.
+fn prepare(test: &str) -> Option<(Fleet, Vec<VmSpec>)> {
     let fleet = Fleet::start(test, 3)?;
     let groups = [("api", "locker", "a1b2-api"), ("db", "store", "c3d4-db"), ("cache", "store", "e5f6-cache")];
     for ((group, job, _), vm) in groups.iter().zip(&fleet.vms) {
@@ -61,14 +74,7 @@ fn setup(test: &str) -> Option<(Fleet, Director, TempDir)> {
             bootstrap: true,
         })
         .collect();
-    let dep = DeploymentSpec { name: "cf".into(), manifest: MANIFEST.into(), vms };
-    let director = Director::start(
-        AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() },
-        vec![dep],
-        fleet.dir().join("authorized_keys"),
-    );
-    let tmp = TempDir::new().unwrap();
-    Some((fleet, director, tmp))
+    Some((fleet, vms))
 }
 
 fn deployment(d: &Director, name: &str) -> Command {
@@ -310,4 +316,169 @@ fn the_resource_backs_up_a_bosh_deployment() {
     for u in director.created_users() {
         assert!(!user_exists(&u), "{u} still exists");
     }
+}
+
+#[test]
+fn with_manifest_stores_the_manifest_and_warns() {
+    let Some((fleet, d, tmp)) = setup("with_manifest_stores_the_manifest_and_warns") else { return };
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "--with-manifest", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("manifest.yml) contains secrets"), "{err}");
+    let artifact = only_artifact(&store);
+    assert_eq!(fs::read_to_string(artifact.join("manifest.yml")).unwrap(), MANIFEST);
+    assert!(artifact.join("db-0-store.tar").is_file());
+    // The manifest is downloaded once, before anything is set up.
+    let calls = d.calls();
+    assert_eq!(calls[2..4], ["GET /deployments/cf", "GET /deployments/cf/vms?format=full"]);
+    assert_eq!(calls.iter().filter(|c| *c == "GET /deployments/cf").count(), 1, "{calls:?}");
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+    assert_cleaned_up(&fleet, &d);
+
+    // Without the flag there is no manifest in the artifact.
+    fs::remove_dir_all(&artifact).unwrap();
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("contains secrets"), "{err}");
+    assert!(!only_artifact(&store).join("manifest.yml").exists());
+}
+
+fn all_deployments(d: &Director) -> Command {
+    let mut c = lockstep();
+    c.env_remove("BOSH_CA_CERT").env_remove("CA_CERT").env_remove("BOSH_ALL_PROXY").env_remove("BOSH_DEPLOYMENT");
+    c.args(["deployment", "-t", &d.url, "-u", CLIENT, "-p", SECRET, "--all-deployments", "--ca-cert"]).arg(&d.ca_path);
+    c
+}
+
+/// `--all-deployments`: `cf` (api, db) backs up; `zeta` (cache) fails; exit 1, cf's
+/// artifact is there, and both deployments' SSH users are gone.
+#[test]
+fn all_deployments_with_one_failing() {
+    let Some((fleet, mut vms)) = prepare("all_deployments_with_one_failing") else { return };
+    let cache = vms.pop().unwrap();
+    let zeta_manifest = "name: zeta\ninstance_groups:\n- name: cache\n  instances: 1\n  jobs:\n  - name: store\n    release: other-release\n";
+    let deps = vec![
+        DeploymentSpec { name: "zeta".into(), manifest: zeta_manifest.into(), vms: vec![cache] },
+        DeploymentSpec { name: "cf".into(), manifest: MANIFEST.into(), vms },
+    ];
+    let d = Director::start(AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() }, deps, fleet.dir().join("authorized_keys"));
+    fleet.vms[2].install_script("store", "backup", "#!/bin/sh\necho 'zeta disk on fire' >&2\nexit 1\n");
+    let tmp = TempDir::new().unwrap();
+
+    // pre-backup-check: both can be backed up.
+    let (code, out) = run(all_deployments(&d).arg("pre-backup-check"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Pending: cf, zeta"), "{out}");
+    assert!(out.contains("Can be backed up: cf, zeta"), "{out}");
+    assert_eq!(d.created_users().len(), 2, "one SSH identity per deployment");
+    assert_cleaned_up(&fleet, &d);
+
+    let (code, out) = run(all_deployments(&d).args(["backup", "-a"]).arg(tmp.path()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Pending: cf, zeta"), "{out}");
+    assert!(out.contains("Successfully backed up: cf\n"), "{out}");
+    assert!(out.contains("FAILED: zeta"), "{out}");
+    assert!(out.contains("zeta disk on fire"), "{out}");
+    let artifact = only_artifact(tmp.path());
+    assert!(artifact.file_name().unwrap().to_string_lossy().starts_with("cf_"), "{}", artifact.display());
+    for t in ["api-0-locker.tar", "db-0-store.tar"] {
+        assert!(artifact.join(t).is_file(), "{t} missing in {}", artifact.display());
+    }
+    assert_eq!(d.created_users().len(), 4);
+    assert_cleaned_up(&fleet, &d);
+    let calls = d.calls();
+    let backup_calls = &calls[calls.iter().rposition(|c| c == "GET /deployments").unwrap()..];
+    assert_eq!(
+        backup_calls,
+        [
+            "GET /deployments",
+            "GET /deployments/cf/vms?format=full",
+            "GET /deployments/cf",
+            "POST /deployments/cf/ssh setup api",
+            "POST /deployments/cf/ssh setup db",
+            "POST /deployments/cf/ssh cleanup api",
+            "POST /deployments/cf/ssh cleanup db",
+            "GET /deployments/zeta/vms?format=full",
+            "GET /deployments/zeta",
+            "POST /deployments/zeta/ssh setup cache",
+            "POST /deployments/zeta/ssh cleanup cache",
+        ]
+    );
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+
+    // backup-cleanup over every deployment.
+    let (code, out) = run(all_deployments(&d).arg("backup-cleanup"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Successfully cleaned up: cf, zeta"), "{out}");
+    assert_cleaned_up(&fleet, &d);
+
+    // The rejected combinations, before any director call.
+    let before = d.all_calls().len();
+    let (code, out) = run(all_deployments(&d).args(["backup", "--unsafe-lock-free", "-a"]).arg(tmp.path()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Cannot use the --unsafe-lock-free flag in conjunction with the --all-deployments flag"), "{out}");
+    for action in ["restore-cleanup", "restore"] {
+        let mut c = all_deployments(&d);
+        c.arg(action);
+        if action == "restore" {
+            c.arg("-a").arg(&artifact);
+        }
+        let (code, out) = run(&mut c);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("--all-deployments is only supported for pre-backup-check, backup and backup-cleanup"), "{out}");
+    }
+    let (code, out) = run(lockstep().env_remove("BOSH_DEPLOYMENT").args(["deployment", "-t", &d.url, "-u", CLIENT, "-p", SECRET, "pre-backup-check"]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("provide one of '--deployment' or '--all-deployments' flags."), "{out}");
+    assert_eq!(d.all_calls().len(), before);
+}
+
+/// SIGTERM while a backup script sleeps: the run stops with a non-zero exit, the unlock
+/// runs, and the temporary SSH users are removed.
+#[test]
+fn a_signal_mid_backup_unlocks_and_cleans_up_ssh_users() {
+    let Some((fleet, d, tmp)) = setup("a_signal_mid_backup_unlocks_and_cleans_up_ssh_users") else { return };
+    fleet.vms[1].install_script("store", "backup", "#!/bin/sh\ntouch /var/vcap/store/backup-started\nsleep 30\n");
+    fleet.vms[1].install_script("store", "post-backup-unlock", "#!/bin/sh\ntouch /var/vcap/store/unlocked\n");
+    let started = fleet.vms[1].host_path("/var/vcap/store/backup-started");
+    let unlocked = fleet.vms[1].host_path("/var/vcap/store/unlocked");
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .env_remove("BOSH_CA_CERT")
+        .env_remove("CA_CERT")
+        .env_remove("BOSH_ALL_PROXY")
+        .args(["deployment", "-t", &d.url, "-u", CLIENT, "-p", SECRET, "-d", "cf", "--ca-cert"])
+        .arg(&d.ca_path)
+        .args(["backup", "-a"])
+        .arg(&store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !started.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the backup script never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(d.live_users().len() == 1, "{:?}", d.live_users());
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let t = std::time::Instant::now();
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(25), "lockstep did not stop after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains(SECRET), "{err}");
+    assert!(unlocked.exists(), "post-backup-unlock did not run:\n{err}");
+    let calls = d.calls();
+    assert_eq!(calls[calls.len() - 3..], ["POST /deployments/cf/ssh cleanup api", "POST /deployments/cf/ssh cleanup db", "POST /deployments/cf/ssh cleanup cache"]);
+    assert_cleaned_up(&fleet, &d);
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 }

@@ -329,6 +329,15 @@ impl Server {
                 }
                 ("200 OK", vec![], t.output.clone())
             }
+            ("GET", ["deployments"]) if req.query.is_empty() => {
+                let st = self.state.lock().unwrap();
+                let list: Vec<serde_json::Value> = st
+                    .deployments
+                    .values()
+                    .map(|d| serde_json::json!({"name": d.name, "cloud_config": "none", "releases": [], "stemcells": [], "teams": []}))
+                    .collect();
+                json("200 OK", serde_json::Value::Array(list))
+            }
             ("GET", ["deployments", d, "vms"]) if req.query == "format=full" => {
                 let mut st = self.state.lock().unwrap();
                 let Some(dep) = st.deployments.get(*d).cloned() else { return not_found(d) };
