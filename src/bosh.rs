@@ -410,34 +410,47 @@ fn encode_path(s: &str) -> String {
         .collect()
 }
 
+/// The parts of a deployment manifest lockstep reads: v2 `instance_groups[].jobs[]` and v1
+/// `jobs[].templates[]`, with their releases and properties.
+#[derive(Deserialize, Default)]
+struct Manifest {
+    #[serde(default)]
+    instance_groups: Vec<ManifestGroup>,
+    #[serde(default)]
+    jobs: Vec<ManifestGroup>,
+}
+
+#[derive(Deserialize)]
+struct ManifestGroup {
+    name: String,
+    #[serde(default)]
+    jobs: Vec<ManifestJob>,
+    #[serde(default)]
+    templates: Vec<ManifestJob>,
+    #[serde(default)]
+    properties: Value,
+}
+
+#[derive(Deserialize)]
+struct ManifestJob {
+    name: String,
+    #[serde(default)]
+    release: Option<String>,
+    #[serde(default)]
+    properties: Value,
+}
+
+fn parse_manifest(yaml: &str) -> anyhow::Result<Manifest> {
+    if yaml.trim().is_empty() {
+        return Ok(Manifest::default());
+    }
+    serde_saphyr::from_str(yaml).map_err(|e| anyhow!("invalid deployment manifest: {}", e.without_snippet()))
+}
+
 /// Release names from a manifest: `(group, job) -> release` (v2 `instance_groups[].jobs[]`,
 /// v1 `jobs[].templates[]`).
 pub fn releases_from_manifest(yaml: &str) -> anyhow::Result<HashMap<(String, String), String>> {
-    #[derive(Deserialize, Default)]
-    struct Manifest {
-        #[serde(default)]
-        instance_groups: Vec<Group>,
-        #[serde(default)]
-        jobs: Vec<Group>,
-    }
-    #[derive(Deserialize)]
-    struct Group {
-        name: String,
-        #[serde(default)]
-        jobs: Vec<Job>,
-        #[serde(default)]
-        templates: Vec<Job>,
-    }
-    #[derive(Deserialize)]
-    struct Job {
-        name: String,
-        #[serde(default)]
-        release: Option<String>,
-    }
-    if yaml.trim().is_empty() {
-        return Ok(HashMap::new());
-    }
-    let m: Manifest = serde_saphyr::from_str(yaml).map_err(|e| anyhow!("invalid deployment manifest: {}", e.without_snippet()))?;
+    let m = parse_manifest(yaml)?;
     let mut out = HashMap::new();
     for g in m.instance_groups.iter().chain(m.jobs.iter()) {
         for j in g.jobs.iter().chain(g.templates.iter()) {
@@ -453,37 +466,11 @@ pub fn releases_from_manifest(yaml: &str) -> anyhow::Result<HashMap<(String, Str
 /// (bbr's `manifest_querier.go`): v2 `instance_groups[].jobs[].properties.bbr`, v1
 /// `jobs[].properties.bbr` (then every template of that group).
 pub fn backup_one_restore_all_from_manifest(yaml: &str) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
-    #[derive(Deserialize, Default)]
-    struct Manifest {
-        #[serde(default)]
-        instance_groups: Vec<Group>,
-        #[serde(default)]
-        jobs: Vec<Group>,
-    }
-    #[derive(Deserialize)]
-    struct Group {
-        name: String,
-        #[serde(default)]
-        jobs: Vec<Job>,
-        #[serde(default)]
-        templates: Vec<Job>,
-        #[serde(default)]
-        properties: Value,
-    }
-    #[derive(Deserialize)]
-    struct Job {
-        name: String,
-        #[serde(default)]
-        properties: Value,
-    }
     fn set(props: &Value) -> bool {
         props.pointer("/bbr/backup_one_restore_all").and_then(Value::as_bool).unwrap_or(false)
     }
+    let m = parse_manifest(yaml)?;
     let mut out = std::collections::HashSet::new();
-    if yaml.trim().is_empty() {
-        return Ok(out);
-    }
-    let m: Manifest = serde_saphyr::from_str(yaml).map_err(|e| anyhow!("invalid deployment manifest: {}", e.without_snippet()))?;
     for g in &m.instance_groups {
         for j in g.jobs.iter().filter(|j| set(&j.properties)) {
             out.insert((g.name.clone(), j.name.clone()));
