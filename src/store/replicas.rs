@@ -271,47 +271,44 @@ impl AsyncWrite for FanOut {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         std::task::ready!(this.poll_drain(cx))?;
-        let mut pending = false;
-        let mut i = 0;
-        while i < this.slots.len() {
-            let w = this.slots[i].writer.as_mut().expect("live slot");
-            match Pin::new(&mut **w).poll_flush(cx) {
-                Poll::Ready(Ok(())) => i += 1,
-                Poll::Ready(Err(e)) => this.drop_slot(i, e.to_string()),
-                Poll::Pending => {
-                    pending = true;
-                    i += 1;
-                }
-            }
-        }
-        this.check_enough()?;
-        if pending { Poll::Pending } else { Poll::Ready(Ok(())) }
+        this.poll_every_slot(cx, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         std::task::ready!(this.poll_drain(cx))?;
+        this.poll_every_slot(cx, true)
+    }
+}
+
+impl FanOut {
+    /// Flushes (or shuts down) every live store's writer; a writer that fails drops its
+    /// store. Ready once every remaining writer is, and enough stores remain.
+    fn poll_every_slot(&mut self, cx: &mut TaskContext<'_>, shutdown: bool) -> Poll<io::Result<()>> {
         let mut pending = false;
         let mut i = 0;
-        while i < this.slots.len() {
-            if this.slots[i].shut {
+        while i < self.slots.len() {
+            if shutdown && self.slots[i].shut {
                 i += 1;
                 continue;
             }
-            let w = this.slots[i].writer.as_mut().expect("live slot");
-            match Pin::new(&mut **w).poll_shutdown(cx) {
+            let w = Pin::new(&mut **self.slots[i].writer.as_mut().expect("live slot"));
+            let polled = if shutdown { w.poll_shutdown(cx) } else { w.poll_flush(cx) };
+            match polled {
                 Poll::Ready(Ok(())) => {
-                    this.slots[i].shut = true;
+                    if shutdown {
+                        self.slots[i].shut = true;
+                    }
                     i += 1;
                 }
-                Poll::Ready(Err(e)) => this.drop_slot(i, e.to_string()),
+                Poll::Ready(Err(e)) => self.drop_slot(i, e.to_string()),
                 Poll::Pending => {
                     pending = true;
                     i += 1;
                 }
             }
         }
-        this.check_enough()?;
+        self.check_enough()?;
         if pending { Poll::Pending } else { Poll::Ready(Ok(())) }
     }
 }
