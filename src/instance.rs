@@ -4,6 +4,7 @@
 
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};
+use crate::remote_sums::{checksum_command, parse_checksum_output};
 use crate::shell::{is_env_name, quote};
 use crate::transport::{exec_capture, ExecStatus, Reader, Transport, Writer};
 use anyhow::{anyhow, bail, Context};
@@ -99,23 +100,6 @@ fn tar_only_saw_metadata_changes(status: &ExecStatus) -> bool {
     status.code == Some(1)
         && stderr.lines().any(|l| !l.trim().is_empty())
         && stderr.lines().filter(|l| !l.trim().is_empty()).all(|l| l.ends_with("file changed as we read it"))
-}
-
-/// Parses `sha256sum -z` output: records `<64 hex>  <path>\0`. With `-z` file names are
-/// not escaped, so spaces and newlines in names survive.
-pub fn parse_sha256sum_z(out: &[u8]) -> anyhow::Result<Checksums> {
-    let mut sums = Checksums::new();
-    for record in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
-        let text = std::str::from_utf8(record).context("non-UTF-8 file name in checksum output")?;
-        let (hash, name) = text
-            .split_once("  ")
-            .ok_or_else(|| anyhow!("unexpected checksum line {text:?}"))?;
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("unexpected checksum line {text:?}");
-        }
-        sums.insert(name.to_string(), hash.to_ascii_lowercase());
-    }
-    Ok(sums)
 }
 
 /// Splits `/var/vcap/jobs/<job>/bin/bbr/<name>` into a script, if it is one.
@@ -223,12 +207,9 @@ impl Instance for ShellInstance {
     }
 
     async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums> {
-        let cmd = format!(
-            "cd {} && find . -type f -exec sha256sum -z {{}} +",
-            quote(&self.artifact_path(artifact)?)
-        );
+        let cmd = checksum_command(&quote(&self.artifact_path(artifact)?));
         let out = self.run("checksumming the artifact", &cmd).await?;
-        parse_sha256sum_z(&out).with_context(|| format!("checksums of {artifact} on {}", self.id))
+        parse_checksum_output(&out).with_context(|| format!("checksums of {artifact} on {}", self.id))
     }
 
     async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()> {
@@ -274,15 +255,5 @@ mod tests {
         assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/helper.sh").is_none());
         assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/sub/backup").is_none());
         assert!(parse_script_path("/var/vcap/jobs/redis/bin/backup").is_none());
-    }
-
-    #[test]
-    fn sha256sum_z_output_with_odd_names() {
-        let h = "a".repeat(64);
-        let out = format!("{h}  ./a b\0{h}  ./new\nline\0");
-        let sums = parse_sha256sum_z(out.as_bytes()).unwrap();
-        assert_eq!(sums.len(), 2);
-        assert_eq!(sums["./new\nline"], h);
-        assert!(parse_sha256sum_z(b"zz  ./x\0").is_err());
     }
 }

@@ -37,6 +37,7 @@ pub mod metered;
 pub mod model;
 pub mod orchestrate;
 pub mod pipeline_check;
+pub mod remote_sums;
 pub mod report;
 pub mod retention;
 pub mod service;
