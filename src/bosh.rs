@@ -512,6 +512,10 @@ impl SshIdentity {
 
 struct Session {
     instances: Vec<InstanceRef>,
+    /// `(group, job)`s with `bbr.backup_one_restore_all: true` in the manifest.
+    one_restore_all: std::collections::HashSet<(String, String)>,
+    /// The instances the director marks `bootstrap: true`.
+    bootstrap: Vec<InstanceId>,
 }
 
 /// A BOSH deployment reached through the director.
@@ -560,6 +564,8 @@ impl DeploymentTarget {
         let vms = self.client.vms(d).await?;
         let manifest = self.manifest().await?;
         let releases = releases_from_manifest(manifest).with_context(|| format!("deployment '{d}'"))?;
+        let one_restore_all = backup_one_restore_all_from_manifest(manifest).with_context(|| format!("deployment '{d}'"))?;
+        let mut bootstrap = Vec::new();
         *self.releases.lock().map_err(|_| anyhow!("poisoned"))? = releases;
         let mut groups: Vec<String> = Vec::new();
         for vm in &vms {
@@ -572,13 +578,15 @@ impl DeploymentTarget {
             self.set_up.lock().map_err(|_| anyhow!("poisoned"))?.push(group.clone());
             let hosts = self.client.ssh_setup(d, group, &self.identity.user, &self.identity.public_key).await?;
             for h in hosts {
-                let index = vms
-                    .iter()
-                    .find(|v| v.id == h.id)
+                let vm = vms.iter().find(|v| v.id == h.id);
+                let index = vm
                     .and_then(|v| v.index)
                     .or(h.index)
                     .ok_or_else(|| anyhow!("vmInfo index is nil, given vmID {} of instance group '{group}'", h.id))?;
                 let id = InstanceId::new(group.clone(), index.to_string());
+                if vm.is_some_and(|v| v.bootstrap) {
+                    bootstrap.push(id.clone());
+                }
                 let (host, port) = parse_address(&h.ip, 22).with_context(|| format!("instance {id}: address {:?}", h.ip))?;
                 let host_key = ssh::parse_public_key_line(&h.host_public_key)
                     .with_context(|| format!("instance {id}: the host_public_key the director returned"))?;
@@ -590,7 +598,7 @@ impl DeploymentTarget {
                 instances.push(Arc::new(ShellInstance::new(id, Box::new(SshTransport::new(cfg)))));
             }
         }
-        Ok(Session { instances })
+        Ok(Session { instances, one_restore_all, bootstrap })
     }
 }
 
@@ -607,6 +615,14 @@ impl Target for DeploymentTarget {
 
     fn release_of(&self, group: &str, job: &str) -> Option<String> {
         self.releases.lock().ok()?.get(&(group.to_string(), job.to_string())).cloned()
+    }
+
+    fn backup_one_restore_all(&self, group: &str, job: &str) -> bool {
+        self.session.get().is_some_and(|s| s.one_restore_all.contains(&(group.to_string(), job.to_string())))
+    }
+
+    fn is_bootstrap(&self, id: &InstanceId) -> bool {
+        self.session.get().is_some_and(|s| s.bootstrap.contains(id))
     }
 
     /// `ssh cleanup` for every group `ssh setup` was sent for.

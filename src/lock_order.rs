@@ -88,6 +88,7 @@ mod tests {
                     .collect(),
                 ..Default::default()
             },
+            ..Default::default()
         }
     }
 

@@ -91,7 +91,7 @@ pub struct JobMetadata {
 }
 
 /// A job on an instance that ships at least one BBR script.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Job {
     pub name: String,
     /// The BOSH release the job comes from, when the target knows it (deployment mode).
@@ -100,6 +100,10 @@ pub struct Job {
     pub release: Option<String>,
     pub scripts: BTreeSet<ScriptKind>,
     pub metadata: JobMetadata,
+    /// The manifest property `bbr.backup_one_restore_all` (deployment mode): the job's
+    /// backup on the bootstrap instance becomes one custom artifact, and every instance of
+    /// the job restores from it.
+    pub backup_one_restore_all: bool,
 }
 
 impl Job {
@@ -112,11 +116,35 @@ impl Job {
     pub fn restorable(&self) -> bool {
         self.has(ScriptKind::Restore)
     }
-    /// Name of the artifact this job writes and of its directory under
-    /// `/var/vcap/store/bbr-backup/`. bbr always uses the job name since v1.5.
+    /// Name of a job's own artifact and of its directory under `/var/vcap/store/bbr-backup/`.
+    /// bbr always uses the job name since v1.5 (`backup_name` is ignored).
     pub fn artifact_name(&self) -> &str {
         &self.name
     }
+    /// bbr's custom artifact for a `backup_one_restore_all` job:
+    /// `<job>-<release>-backup-one-restore-all`.
+    pub fn one_restore_all_name(&self) -> Option<String> {
+        self.backup_one_restore_all.then(|| one_restore_all_name(&self.name, self.release.as_deref().unwrap_or("")))
+    }
+    /// Does the custom artifact `name` belong to this job? Exactly its
+    /// [`one_restore_all_name`](Self::one_restore_all_name) when the release is known;
+    /// without a manifest (hosts or local targets restoring a bbr artifact), any
+    /// `<job>-<release>-backup-one-restore-all`.
+    pub fn takes_custom_artifact(&self, name: &str) -> bool {
+        match &self.release {
+            Some(release) => name == one_restore_all_name(&self.name, release),
+            None => name
+                .strip_prefix(&format!("{}-", self.name))
+                .and_then(|rest| rest.strip_suffix(ONE_RESTORE_ALL_SUFFIX))
+                .is_some_and(|release| !release.contains('/')),
+        }
+    }
+}
+
+const ONE_RESTORE_ALL_SUFFIX: &str = "-backup-one-restore-all";
+
+fn one_restore_all_name(job: &str, release: &str) -> String {
+    format!("{job}-{release}{ONE_RESTORE_ALL_SUFFIX}")
 }
 
 /// Which ordering constraints apply.
@@ -147,4 +175,24 @@ impl fmt::Display for Direction {
 /// Name of an artifact's per-job tar file: `<group>-<index>-<job>.tar`.
 pub fn artifact_file_name(id: &InstanceId, job: &str) -> String {
     format!("{}-{}-{}.tar", id.group, id.index, job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_artifacts_of_backup_one_restore_all_jobs() {
+        let flagged = Job { name: "pg".into(), release: Some("postgres".into()), backup_one_restore_all: true, ..Default::default() };
+        assert_eq!(flagged.one_restore_all_name().as_deref(), Some("pg-postgres-backup-one-restore-all"));
+        assert!(flagged.takes_custom_artifact("pg-postgres-backup-one-restore-all"));
+        assert!(!flagged.takes_custom_artifact("pg-other-backup-one-restore-all"), "the release must match when known");
+        let plain = Job { name: "pg".into(), ..Default::default() };
+        assert_eq!(plain.one_restore_all_name(), None);
+        // Without a manifest, any release.
+        assert!(plain.takes_custom_artifact("pg-postgres-backup-one-restore-all"));
+        assert!(!plain.takes_custom_artifact("pg-postgres"));
+        assert!(!plain.takes_custom_artifact("pgbouncer-x-backup-one-restore-all"));
+        assert!(!plain.takes_custom_artifact("pg-backup-one-restore-all"), "no release part at all");
+    }
 }

@@ -16,6 +16,14 @@ pub trait Target: Send + Sync {
     fn release_of(&self, _group: &str, _job: &str) -> Option<String> {
         None
     }
+    /// Does the manifest set `bbr.backup_one_restore_all` on this job?
+    fn backup_one_restore_all(&self, _group: &str, _job: &str) -> bool {
+        false
+    }
+    /// Is this the bootstrap instance of its group (the director's `bootstrap: true`)?
+    fn is_bootstrap(&self, _id: &InstanceId) -> bool {
+        false
+    }
     /// Gives back what the target acquired to reach the instances (the BOSH deployment
     /// target's temporary SSH users). Called once the action has finished, whether it
     /// succeeded, failed or was stopped by a signal.

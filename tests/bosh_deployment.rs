@@ -482,3 +482,76 @@ fn a_signal_mid_backup_unlocks_and_cleans_up_ssh_users() {
     assert_cleaned_up(&fleet, &d);
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 }
+
+/// bbr's `bbr.backup_one_restore_all`: db/1, the bootstrap instance, writes the custom
+/// artifact `pg-postgres-backup-one-restore-all`; db/0's backup script still runs and
+/// writes its own; at restore both db instances receive the custom artifact, in its own
+/// directory, and nothing else.
+#[test]
+fn backup_one_restore_all_goes_from_the_bootstrap_to_every_instance() {
+    let Some(fleet) = Fleet::start("backup_one_restore_all", 3) else { return };
+    let manifest = "name: pgd\ninstance_groups:\n\
+- name: api\n  instances: 1\n  jobs:\n  - name: web\n    release: web-release\n\
+- name: db\n  instances: 2\n  jobs:\n  - name: pg\n    release: postgres\n    properties:\n      bbr:\n        backup_one_restore_all: true\n";
+    let layout = [("api", 0, "web", "id-api-0", false), ("db", 0, "pg", "id-db-0", false), ("db", 1, "pg", "id-db-1", true)];
+    let mut vms = Vec::new();
+    for ((group, index, job, id, bootstrap), vm) in layout.iter().zip(&fleet.vms) {
+        fs::create_dir_all(vm.host_path(&format!("/var/vcap/store/{job}"))).unwrap();
+        fs::write(vm.host_path(&format!("/var/vcap/store/{job}/data")), format!("{group}/{index} data\n")).unwrap();
+        vm.install_script(
+            job,
+            "backup",
+            &format!("#!/bin/sh\necho \"$BBR_ARTIFACT_DIRECTORY\" > /var/vcap/store/backup-dir\ncp /var/vcap/store/{job}/data \"$BBR_ARTIFACT_DIRECTORY\"\n"),
+        );
+        vm.install_script(
+            job,
+            "restore",
+            &format!("#!/bin/sh\necho \"$BBR_ARTIFACT_DIRECTORY\" > /var/vcap/store/restore-dir\nls \"$BBR_ARTIFACT_DIRECTORY\" > /var/vcap/store/restore-ls\ncp \"$BBR_ARTIFACT_DIRECTORY/data\" /var/vcap/store/{job}/data\n"),
+        );
+        vms.push(VmSpec {
+            group: group.to_string(),
+            index: *index,
+            id: id.to_string(),
+            address: vm.address(),
+            host_key_line: vm.host_key_line.clone(),
+            bootstrap: *bootstrap,
+        });
+    }
+    let d = Director::start(
+        AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() },
+        vec![DeploymentSpec { name: "pgd".into(), manifest: manifest.into(), vms }],
+        fleet.dir().join("authorized_keys"),
+    );
+    let tmp = TempDir::new().unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+
+    let (code, err) = run(deployment(&d, "pgd").args(["backup", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    let artifact = only_artifact(&store);
+    let custom = "pg-postgres-backup-one-restore-all";
+    let mut files: Vec<String> = fs::read_dir(&artifact).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["api-0-web.tar", "db-0-pg.tar", "lockstep.json", "metadata", &format!("{custom}.tar")], "{err}");
+    let metadata = fs::read_to_string(artifact.join("metadata")).unwrap();
+    assert!(metadata.contains(&format!("custom_artifacts:\n- name: {custom}")), "{metadata}");
+    let listing = std::process::Command::new("tar").arg("-xOf").arg(artifact.join(format!("{custom}.tar"))).arg("./data").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listing.stdout), "db/1 data\n", "the bootstrap instance's data");
+    assert_eq!(fleet.vms[2].read("/var/vcap/store/backup-dir"), format!("/var/vcap/store/bbr-backup/{custom}/\n").into_bytes());
+    assert_eq!(fleet.vms[1].read("/var/vcap/store/backup-dir"), b"/var/vcap/store/bbr-backup/pg/\n".to_vec());
+
+    // Restore onto emptied instances: both db instances get the bootstrap's data.
+    for (vm, (_, _, job, _, _)) in fleet.vms.iter().zip(&layout) {
+        fs::remove_file(vm.host_path(&format!("/var/vcap/store/{job}/data"))).unwrap();
+    }
+    let (code, err) = run(deployment(&d, "pgd").args(["restore", "-a"]).arg(&artifact));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fleet.vms[0].read("/var/vcap/store/web/data"), b"api/0 data\n".to_vec());
+    for vm in &fleet.vms[1..] {
+        assert_eq!(vm.read("/var/vcap/store/pg/data"), b"db/1 data\n".to_vec());
+        assert_eq!(vm.read("/var/vcap/store/restore-dir"), format!("/var/vcap/store/bbr-backup/{custom}/\n").into_bytes());
+        assert_eq!(vm.read("/var/vcap/store/restore-ls"), b"data\n".to_vec());
+    }
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+    assert_cleaned_up(&fleet, &d);
+}

@@ -195,7 +195,8 @@ fn bad_input_gets_a_clear_error() {
 #[test]
 fn restores_an_artifact_written_by_bbr() {
     // A hand-made bbr artifact: a plain `tar -c .` and bbr's metadata with a local time
-    // zone and no lockstep.json.
+    // zone and no lockstep.json. postgres was `backup_one_restore_all`: its data is in the
+    // custom artifact, which wins over the instance's own (empty in bbr, stale here).
     let tmp = TempDir::new().unwrap();
     let dst = create_deployment(&tmp.path().join("dst"), false).unwrap();
     let artifact = tmp.path().join("cf_20240102T030405Z");
@@ -214,6 +215,16 @@ fn restores_an_artifact_written_by_bbr() {
             id.group, id.index
         ));
     }
+    let custom = tmp.path().join("data-custom");
+    fs::create_dir_all(custom.join("sub")).unwrap();
+    fs::write(custom.join("sub/file one"), "postgres data from the bootstrap").unwrap();
+    let tar = artifact.join("postgres-postgres-release-backup-one-restore-all.tar");
+    assert!(std::process::Command::new("tar").arg("-C").arg(&custom).args(["-cf"]).arg(&tar).arg(".").status().unwrap().success());
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest("postgres data from the bootstrap"));
+    meta.push_str(&format!(
+        "custom_artifacts:\n- name: postgres-postgres-release-backup-one-restore-all\n  checksums:\n    ./sub/file one: {sum}\n"
+    ));
     meta.push_str("backup_activity:\n  start_time: 2024/01/02 03:04:05 PST\n  finish_time: 2024/01/02 03:05:00 PST\n");
     fs::write(artifact.join("metadata"), meta).unwrap();
 
@@ -226,7 +237,9 @@ fn restores_an_artifact_written_by_bbr() {
         .success()
         .stderr(predicate::str::contains("no lockstep.json: treating it as an artifact made by bbr"));
     let restored = fs::read_to_string(Path::new(&dst[2].1).join("var/vcap/store/postgres/sub/file one")).unwrap();
-    assert_eq!(restored, "postgres data");
+    assert_eq!(restored, "postgres data from the bootstrap");
+    let restored = fs::read_to_string(Path::new(&dst[1].1).join("var/vcap/store/blobstore/sub/file one")).unwrap();
+    assert_eq!(restored, "blobstore data");
 }
 
 /// One instance whose backup script blocks until killed, to stop lockstep mid-backup.

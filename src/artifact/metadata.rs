@@ -96,6 +96,13 @@ impl BackupMetadata {
         inst.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         self.instances.sort_by(|a, b| (&a.name, &a.index).cmp(&(&b.name, &b.index)));
     }
+
+    /// Records a custom artifact (bbr's `backup_one_restore_all`).
+    pub fn add_custom(&mut self, name: &str, checksums: Checksums) {
+        self.custom_artifacts.retain(|a| a.name != name);
+        self.custom_artifacts.push(ArtifactChecksums { name: name.to_string(), checksums });
+        self.custom_artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //!          -> drain (tar stream -> checksums on the fly -> store) -> cleanup -> commit
 //! ```
 
-use super::discover::{discover, Deployment, JobAt};
+use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
@@ -16,7 +16,7 @@ use crate::codec::{Codec, Counting, Encoder};
 use crate::events::{Event, Phase};
 use crate::instance::ARTIFACT_ROOT;
 use crate::metered::{percent_steps, MeteredWriter};
-use crate::model::{artifact_file_name, Direction, ScriptKind};
+use crate::model::{Direction, ScriptKind};
 use crate::store::Store;
 use crate::target::Target;
 use anyhow::{anyhow, Context};
@@ -52,9 +52,39 @@ pub async fn backupable_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
     if dep.jobs_where(|j| j.backupable()).is_empty() {
         failures.push(FailureKind::General, anyhow!("Deployment '{}' has no backup scripts", dep.name));
     }
+    failures.extend(one_restore_all_checks(ctx, dep));
     failures.extend(artifact_dir_checks(ctx, dep).await);
     if let Err(e) = dep.lock_levels(Direction::Backup) {
         failures.push(FailureKind::General, e.into());
+    }
+    failures
+}
+
+/// `backup_one_restore_all`: each custom artifact must have exactly one writer (one
+/// bootstrap instance). Without one, the backup could not be restored as bbr would, so
+/// it is refused before anything is locked; two writers would overwrite each other.
+fn one_restore_all_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
+    let mut failures = Failures::default();
+    let mut writers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for at in dep.jobs_where(|j| j.backupable() && j.backup_one_restore_all) {
+        let name = dep.job(at).1.one_restore_all_name().expect("flagged job");
+        let entry = writers.entry(name).or_default();
+        if let BackupSlot::Custom(_) = dep.backup_slot(at) {
+            entry.push(dep.job(at).0.id().to_string());
+        }
+    }
+    for (name, ids) in writers {
+        match ids.len() {
+            1 => ctx.debug(format!("{} writes the backup_one_restore_all artifact {name}", ids[0])),
+            0 => failures.push(
+                FailureKind::General,
+                anyhow!("no bootstrap instance runs the job of the backup_one_restore_all artifact {name}: the director marked none as bootstrap"),
+            ),
+            _ => failures.push(
+                FailureKind::General,
+                anyhow!("the backup_one_restore_all artifact {name} would be written by {} bootstrap instances ({})", ids.len(), ids.join(", ")),
+            ),
+        }
     }
     failures
 }
@@ -146,9 +176,10 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             .timings
             .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
                 let (inst, job) = dep.job(at);
-                let env = artifact_env(&inst.artifact_dir(job.artifact_name()));
+                let slot = dep.backup_slot(at);
+                let env = artifact_env(&inst.artifact_dir(slot.name()));
                 cancellable(ctx, async {
-                    inst.create_artifact_dir(job.artifact_name()).await?;
+                    inst.create_artifact_dir(slot.name()).await?;
                     script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
                 })
                 .await
@@ -279,10 +310,14 @@ async fn drain_all(
             if e.is::<Cancelled>() { e } else { anyhow!("Failed to drain the artifact of job {} on {}: {e:#}", job.name, inst.id()) }
         })?;
         let id = inst.id();
-        meta.lock().unwrap().add(&id.group, &id.index, job.artifact_name(), sums);
+        let slot = dep.backup_slot(at);
+        match &slot {
+            BackupSlot::Own(name) => meta.lock().unwrap().add(&id.group, &id.index, name, sums),
+            BackupSlot::Custom(name) => meta.lock().unwrap().add_custom(name, sums),
+        }
         // The data is safe in the store: remove this job's staging directory now, as bbr.
-        let dir = job.artifact_name().to_string();
-        if let Err(e) = inst.remove_artifact_dir(&dir).await {
+        let dir = slot.name();
+        if let Err(e) = inst.remove_artifact_dir(dir).await {
             ctx.warn(format!("could not remove {ARTIFACT_ROOT}/{dir} on {id}: {e:#}"));
         }
         Ok(())
@@ -307,8 +342,9 @@ async fn drain_one(
 ) -> anyhow::Result<crate::artifact::tar_hash::Checksums> {
     let (inst, job) = dep.job(at);
     let id = inst.id().clone();
-    let artifact = job.artifact_name();
-    let file = codec.stored_name(&artifact_file_name(&id, artifact));
+    let slot = dep.backup_slot(at);
+    let artifact = slot.name();
+    let file = codec.stored_name(&slot.file_name(&id));
     let size = inst.artifact_size(artifact).await.unwrap_or(0);
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: job.name.clone(), size });
     let start = Instant::now();

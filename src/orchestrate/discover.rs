@@ -4,7 +4,7 @@
 use super::{bounded, script, Ctx};
 use crate::instance::InstanceRef;
 use crate::lock_order::{self, CycleError};
-use crate::model::{Direction, InstanceId, Job, JobMetadata, LockBefore, ScriptKind};
+use crate::model::{artifact_file_name, Direction, InstanceId, Job, JobMetadata, LockBefore, ScriptKind};
 use crate::target::Target;
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
@@ -16,6 +16,8 @@ const IGNORED_JOBS: [&str; 2] = ["mysql-backup", "mysql-restore"];
 pub struct DeployedInstance {
     pub instance: InstanceRef,
     pub jobs: Vec<Job>,
+    /// The group's bootstrap instance, as the director says (always false without one).
+    pub bootstrap: bool,
 }
 
 impl DeployedInstance {
@@ -27,6 +29,32 @@ impl DeployedInstance {
 pub struct Deployment {
     pub name: String,
     pub instances: Vec<DeployedInstance>,
+}
+
+/// Where a job's backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupSlot {
+    /// The job's own artifact, `<group>-<index>-<job>.tar`.
+    Own(String),
+    /// bbr's custom artifact `<job>-<release>-backup-one-restore-all.tar`, written by the
+    /// bootstrap instance of a `backup_one_restore_all` job.
+    Custom(String),
+}
+
+impl BackupSlot {
+    /// The artifact's name: its directory under `/var/vcap/store/bbr-backup/`.
+    pub fn name(&self) -> &str {
+        match self {
+            BackupSlot::Own(n) | BackupSlot::Custom(n) => n,
+        }
+    }
+    /// The tar's file name in the artifact.
+    pub fn file_name(&self, id: &InstanceId) -> String {
+        match self {
+            BackupSlot::Own(n) => artifact_file_name(id, n),
+            BackupSlot::Custom(n) => format!("{n}.tar"),
+        }
+    }
 }
 
 /// A job on an instance, by position in [`Deployment::instances`].
@@ -64,6 +92,18 @@ impl Deployment {
             .collect();
         let levels = lock_order::levels(&refs, dir)?;
         Ok(levels.into_iter().map(|l| l.into_iter().map(|i| all[i]).collect()).collect())
+    }
+
+    /// Where the backup of the job at `at` goes: on the bootstrap instance, a
+    /// `backup_one_restore_all` job writes the custom artifact; everywhere else (and on
+    /// the other instances of such a job, whose backup script still runs) its own.
+    pub fn backup_slot(&self, at: JobAt) -> BackupSlot {
+        let d = &self.instances[at.instance];
+        let job = &d.jobs[at.job];
+        match job.one_restore_all_name() {
+            Some(custom) if d.bootstrap => BackupSlot::Custom(custom),
+            _ => BackupSlot::Own(job.artifact_name().to_string()),
+        }
     }
 
     pub fn jobs_where(&self, pred: impl Fn(&Job) -> bool) -> Vec<JobAt> {
@@ -123,10 +163,14 @@ async fn discover_instance(ctx: &Ctx, target: &dyn Target, instance: InstanceRef
         if IGNORED_JOBS.contains(&s.job.as_str()) {
             continue;
         }
-        let release = target.release_of(&id.group, &s.job);
         by_job
             .entry(s.job.clone())
-            .or_insert_with(|| Job { name: s.job.clone(), release, scripts: Default::default(), metadata: Default::default() })
+            .or_insert_with(|| Job {
+                name: s.job.clone(),
+                release: target.release_of(&id.group, &s.job),
+                backup_one_restore_all: target.backup_one_restore_all(&id.group, &s.job),
+                ..Default::default()
+            })
             .scripts
             .insert(s.kind);
     }
@@ -152,7 +196,8 @@ async fn discover_instance(ctx: &Ctx, target: &dyn Target, instance: InstanceRef
         }
         jobs.push(job);
     }
-    Ok(DeployedInstance { instance, jobs })
+    let bootstrap = target.is_bootstrap(&id);
+    Ok(DeployedInstance { instance, jobs, bootstrap })
 }
 
 /// Finds every instance and its jobs. Instances are discovered in parallel (bbr does it

@@ -15,7 +15,7 @@ use crate::artifact::tar_hash::HashingReader;
 use crate::codec::{self, Identities};
 use crate::events::{Event, Phase};
 use crate::instance::InstanceRef;
-use crate::model::{Direction, ScriptKind};
+use crate::model::{Direction, Job, ScriptKind};
 use crate::store::Store;
 use crate::target::Target;
 use anyhow::{anyhow, Context};
@@ -96,7 +96,7 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
         let errors = errors.into_iter().map(|e| if e.is::<Cancelled>() { e } else { anyhow!("pre-restore-lock failed: {e:#}") }).collect();
         record(&mut out.failures, FailureKind::General, errors);
         if out.failures.is_empty() && !ctx.cancelled() {
-            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, dep)).await;
+            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, dep, &art)).await;
             record(&mut out.failures, FailureKind::General, errors);
         }
         let errors = out
@@ -187,8 +187,20 @@ async fn restorable_checks(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) ->
         }
     }
     for custom in art.entries().iter().filter(|e| e.instance.is_none()) {
-        if !dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && custom.name.starts_with(&format!("{}-", j.name)))) {
+        if !dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && j.takes_custom_artifact(&custom.name))) {
             mismatches.push(format!("no restorable job in the deployment takes the custom artifact {}", custom.name));
+        }
+    }
+    for d in &dep.instances {
+        for j in d.jobs.iter().filter(|j| j.restorable()) {
+            let source = restore_source(j, art);
+            if source != j.artifact_name() && !art.metadata.custom_artifacts.iter().any(|c| c.name == source) {
+                mismatches.push(format!(
+                    "job {} on {} is backup_one_restore_all, but the backup has no artifact {source}",
+                    j.name,
+                    d.id()
+                ));
+            }
         }
     }
     if !mismatches.is_empty() {
@@ -204,20 +216,37 @@ async fn restorable_checks(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) ->
     failures
 }
 
+/// The artifact a restorable job restores from, which is also its directory under
+/// `/var/vcap/store/bbr-backup/`: bbr's custom artifact when the manifest makes the job
+/// `backup_one_restore_all` or the backup holds one for it (a bbr artifact restored
+/// without a manifest); its own otherwise.
+fn restore_source(job: &Job, art: &StoredArtifact) -> String {
+    if let Some(custom) = job.one_restore_all_name() {
+        return custom;
+    }
+    match art.metadata.custom_artifacts.iter().find(|c| job.takes_custom_artifact(&c.name)) {
+        Some(c) => c.name.clone(),
+        None => job.artifact_name().to_string(),
+    }
+}
+
 /// Which artifact goes to which instance: a job's own artifact to its instance; a custom
-/// (`backup_one_restore_all`) artifact to every instance whose restorable job it names.
+/// (`backup_one_restore_all`) artifact to every instance whose restorable job takes it,
+/// and then not that job's own artifact (bbr sends only the custom one).
 fn upload_plan(dep: &Deployment, art: &StoredArtifact) -> Vec<(usize, ArtifactEntry)> {
     let mut plan = Vec::new();
     for entry in art.entries() {
         match &entry.instance {
             Some((g, i)) => {
-                if let Some(pos) = dep.instances.iter().position(|d| &d.id().group == g && &d.id().index == i) {
+                let Some(pos) = dep.instances.iter().position(|d| &d.id().group == g && &d.id().index == i) else { continue };
+                let takes_own = dep.instances[pos].jobs.iter().any(|j| j.name == entry.name && restore_source(j, art) == entry.name);
+                if takes_own {
                     plan.push((pos, entry));
                 }
             }
             None => {
                 for (pos, d) in dep.instances.iter().enumerate() {
-                    if d.jobs.iter().any(|j| j.restorable() && entry.name.starts_with(&format!("{}-", j.name))) {
+                    if d.jobs.iter().any(|j| j.restorable() && restore_source(j, art) == entry.name) {
                         plan.push((pos, entry.clone()));
                     }
                 }
@@ -265,11 +294,11 @@ async fn upload_one(
 
 /// Restore scripts: instances one by one, each instance's jobs one by one; stop at the
 /// first instance that fails (bbr's behaviour), or when a stop is requested.
-async fn restore_scripts(ctx: &Ctx, dep: &Deployment) -> Vec<anyhow::Error> {
+async fn restore_scripts(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) -> Vec<anyhow::Error> {
     for d in &dep.instances {
         let mut errors = Vec::new();
         for job in d.jobs.iter().filter(|j| j.restorable()) {
-            let env = artifact_env(&d.instance.artifact_dir(job.artifact_name()));
+            let env = artifact_env(&d.instance.artifact_dir(&restore_source(job, art)));
             if let Err(e) = cancellable(ctx, script(ctx, &d.instance, &job.name, ScriptKind::Restore, &env)).await {
                 if e.is::<Cancelled>() {
                     errors.push(e);
