@@ -767,7 +767,7 @@ async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
     };
-    Ok(finish(&failures, &timings, &format!("lockstep run {cleanup_cmd}")))
+    Ok(finish(ctx, &failures, &timings, &format!("lockstep run {cleanup_cmd}")))
 }
 
 /// `--artifact-path DIR/NAME` for restore and verify: the store is DIR, the artifact NAME.
@@ -797,10 +797,13 @@ async fn run_deployment(ctx: &Ctx, target: &crate::bosh::DeploymentTarget, actio
     run_action_with(ctx, target, action, tree, manifest).await
 }
 
+/// Deployments of `--all-deployments` that run at once (bbr: 10, fixed).
+const ALL_DEPLOYMENTS_IN_FLIGHT: usize = 10;
+
 /// `--all-deployments` (pre-backup-check, backup, backup-cleanup): every deployment the
-/// director lists (`GET /deployments`), one after the other (bbr runs up to 10 at once),
-/// each with its own SSH identity, cleaned up after it. bbr's summary goes to stdout;
-/// the exit code is 1 when any deployment failed, 0 otherwise.
+/// director lists (`GET /deployments`), up to 10 at once as bbr, each with its own SSH
+/// identity, cleaned up after it, and its log lines labelled `[name]`. bbr's summary goes
+/// to stdout; the exit code is 1 when any deployment failed, 0 otherwise.
 async fn run_all_deployments(
     ctx: &Ctx,
     client: &crate::bosh::DirectorClient,
@@ -823,29 +826,38 @@ async fn run_all_deployments(
     }
     println!("[{}] Pending: {}", now(), names.join(", "));
     let tree = format!("lockstep deployment --target {} --all-deployments ...", args.target);
-    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
-    for name in &names {
+    let (tree, now) = (&tree, &now);
+    let codes = crate::orchestrate::bounded(ALL_DEPLOYMENTS_IN_FLIGHT, &names, |name| async move {
         if ctx.cancelled() {
             println!("[{}] Not starting {verb} of {name}: cancelled", now());
-            failed.push(name.clone());
-            continue;
+            return 1;
         }
         println!("[{}] Starting {verb} of {name}", now());
+        // Each deployment's lines carry its name: several run at once.
+        let mut one = Ctx::new(Arc::new(crate::events::Labelled { inner: ctx.events.clone(), label: name.clone() }));
+        one.cancel = ctx.cancel.clone();
+        one.max_in_flight = ctx.max_in_flight;
+        one.bbr_version = ctx.bbr_version.clone();
+        one.label = Some(name.clone());
         let code = match crate::bosh::DeploymentTarget::new(client.clone(), name, opts) {
-            Ok(target) => run_deployment(ctx, &target, &args.action, &tree).await,
+            Ok(target) => run_deployment(&one, &target, &args.action, tree).await,
             Err(e) => Err(e),
         }
         .unwrap_or_else(|e| {
-            eprintln!("error: deployment '{name}': {e:#}");
+            print_error(&one, &e);
             1
         });
         if code == 0 {
             println!("[{}] Finished {verb} of {name}", now());
-            succeeded.push(name.clone());
         } else {
             println!("[{}] {verb} of {name} FAILED (exit code {code})", now());
-            failed.push(name.clone());
         }
+        code
+    })
+    .await;
+    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    for (name, code) in names.iter().zip(codes) {
+        if code == 0 { succeeded.push(name.clone()) } else { failed.push(name.clone()) }
     }
     println!("[{}] {done}: {}", now(), succeeded.join(", "));
     if failed.is_empty() {
@@ -870,11 +882,11 @@ async fn run_action_with(ctx: &Ctx, target: &dyn Target, action: &Action, tree: 
             let code = match out {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    print_error(ctx, &e);
                     1
                 }
             };
-            eprintln!("error: {e:#}");
+            print_error(ctx, &e);
             Ok(code | 16)
         }
     }
@@ -946,24 +958,32 @@ async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree:
             (f, t, "restore-cleanup")
         }
     };
-    Ok(finish(&failures, &timings, &format!("{tree} {cleanup_cmd}")))
+    Ok(finish(ctx, &failures, &timings, &format!("{tree} {cleanup_cmd}")))
 }
 
-/// Prints the timings and the errors; returns the exit code.
-fn finish(failures: &Failures, timings: &Timings, cleanup_cmd: &str) -> i32 {
+/// Prints the timings and the errors (each line labelled when `ctx` is one of several
+/// runs); returns the exit code.
+fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_cmd: &str) -> i32 {
+    let mut text = String::new();
     if !timings.phases.is_empty() {
-        eprint!("{}", timings_table(timings));
+        text.push_str(&timings_table(timings));
     }
-    if failures.is_empty() {
-        return 0;
+    if !failures.is_empty() {
+        text.push_str(&failures.render());
+        if failures.needs_cleanup() {
+            text.push_str(&format!(
+                "It is recommended that you run `{cleanup_cmd}` to ensure that any temp files are cleaned up and all jobs are unlocked.\n"
+            ));
+        }
     }
-    eprint!("{}", failures.render());
-    if failures.needs_cleanup() {
-        eprintln!(
-            "It is recommended that you run `{cleanup_cmd}` to ensure that any temp files are cleaned up and all jobs are unlocked."
-        );
-    }
+    // One write, so that the block of one deployment is not cut by another's lines.
+    eprint!("{}", crate::report::labelled(ctx.label.as_deref(), &text));
     failures.exit_code()
+}
+
+/// Prints an error of the run `ctx` is for.
+fn print_error(ctx: &Ctx, e: &anyhow::Error) {
+    eprint!("{}", crate::report::labelled(ctx.label.as_deref(), &format!("error: {e:#}\n")));
 }
 
 /// Concourse build variables, when running in a build, so an artifact can be traced.

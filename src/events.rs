@@ -53,10 +53,25 @@ pub enum Event {
     TransferFinished { instance: InstanceId, job: String, bytes: u64, elapsed: Duration },
     /// A stop was requested (SIGTERM/SIGINT); owed unlocks and cleanup still run.
     Cancelling,
+    /// An event of one of several runs going on at once (`--all-deployments`), named.
+    Labelled { label: String, event: Box<Event> },
 }
 
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: Event);
+}
+
+/// Names every event of one run before passing it on, so that the lines of deployments
+/// backed up at the same time can be told apart.
+pub struct Labelled {
+    pub inner: std::sync::Arc<dyn EventSink>,
+    pub label: String,
+}
+
+impl EventSink for Labelled {
+    fn emit(&self, event: Event) {
+        self.inner.emit(Event::Labelled { label: self.label.clone(), event: Box::new(event) });
+    }
 }
 
 /// Discards events.

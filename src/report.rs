@@ -71,6 +71,8 @@ pub fn render(event: &Event, debug: bool) -> Option<String> {
             )
         }
         Event::Cancelling => "Stop requested: finishing owed unlocks and cleanup (send the signal again to exit now)".into(),
+        // Every line of a multi-line message (a script's stderr), so none is anonymous.
+        Event::Labelled { label, event } => labelled(Some(label), &render(event, debug)?).trim_end_matches('\n').to_string(),
     })
 }
 
@@ -82,6 +84,14 @@ impl<W: Write + Send> EventSink for LogReporter<W> {
             // A closed stderr must not stop a backup.
             let _ = writeln!(out, "[{now}] {line}");
         }
+    }
+}
+
+/// `text` with `[label] ` before each line, or as it is without a label.
+pub fn labelled(label: Option<&str>, text: &str) -> String {
+    match label {
+        None => text.to_string(),
+        Some(l) => text.lines().map(|line| format!("[{l}] {line}\n")).collect(),
     }
 }
 
@@ -116,6 +126,17 @@ mod tests {
         assert_eq!(render(&Event::Debug("x".into()), true).unwrap(), "DEBUG: x");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(12), "12 B");
+    }
+
+    #[test]
+    fn labelled_events_name_every_line() {
+        let inner = Event::Warning("first\nsecond".into());
+        let e = Event::Labelled { label: "cf".into(), event: Box::new(inner) };
+        assert_eq!(render(&e, false).unwrap(), "[cf] WARNING: first\n[cf] second");
+        let debug = Event::Labelled { label: "cf".into(), event: Box::new(Event::Debug("x".into())) };
+        assert_eq!(render(&debug, false), None, "debug stays hidden without --debug");
+        assert_eq!(labelled(None, "a\nb\n"), "a\nb\n");
+        assert_eq!(labelled(Some("z"), "a\nb\n"), "[z] a\n[z] b\n");
     }
 
     #[test]

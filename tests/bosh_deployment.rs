@@ -352,7 +352,8 @@ fn all_deployments(d: &Director) -> Command {
 }
 
 /// `--all-deployments`: `cf` (api, db) backs up; `zeta` (cache) fails; exit 1, cf's
-/// artifact is there, and both deployments' SSH users are gone.
+/// artifact is there, and both deployments' SSH users are gone. The two run at once (as
+/// bbr, up to 10), and every line of zeta's failure says it is zeta's.
 #[test]
 fn all_deployments_with_one_failing() {
     let Some((fleet, mut vms)) = prepare("all_deployments_with_one_failing") else { return };
@@ -380,6 +381,11 @@ fn all_deployments_with_one_failing() {
     assert!(out.contains("Successfully backed up: cf\n"), "{out}");
     assert!(out.contains("FAILED: zeta"), "{out}");
     assert!(out.contains("zeta disk on fire"), "{out}");
+    let zeta_lines: Vec<&str> = out.lines().filter(|l| l.contains("zeta disk on fire")).collect();
+    assert!(zeta_lines.iter().all(|l| l.contains("[zeta] ")), "{zeta_lines:?}");
+    assert!(out.lines().any(|l| l.contains("[cf] ") && l.contains("Backup created of cf")), "{out}");
+    // zeta was locked while cf's locker (2 s) still held its lock: they ran at once.
+    assert!(nanos(&fleet, 2, "lock-start") < nanos(&fleet, 0, "lock-end"), "the deployments ran one after the other");
     let artifact = only_artifact(tmp.path());
     assert!(artifact.file_name().unwrap().to_string_lossy().starts_with("cf_"), "{}", artifact.display());
     for t in ["api-0-locker.tar", "db-0-store.tar"] {
@@ -388,23 +394,30 @@ fn all_deployments_with_one_failing() {
     assert_eq!(d.created_users().len(), 4);
     assert_cleaned_up(&fleet, &d);
     let calls = d.calls();
-    let backup_calls = &calls[calls.iter().rposition(|c| c == "GET /deployments").unwrap()..];
+    let backup_calls = &calls[calls.iter().rposition(|c| c == "GET /deployments").unwrap() + 1..];
+    // Interleaved between deployments, in bbr's order within each.
+    let of = |d: &str| backup_calls.iter().filter(|c| c.starts_with(&format!("GET /deployments/{d}")) || c.starts_with(&format!("POST /deployments/{d}/"))).cloned().collect::<Vec<_>>();
     assert_eq!(
-        backup_calls,
+        of("cf"),
         [
-            "GET /deployments",
             "GET /deployments/cf/vms?format=full",
             "GET /deployments/cf",
             "POST /deployments/cf/ssh setup api",
             "POST /deployments/cf/ssh setup db",
             "POST /deployments/cf/ssh cleanup api",
             "POST /deployments/cf/ssh cleanup db",
+        ]
+    );
+    assert_eq!(
+        of("zeta"),
+        [
             "GET /deployments/zeta/vms?format=full",
             "GET /deployments/zeta",
             "POST /deployments/zeta/ssh setup cache",
             "POST /deployments/zeta/ssh cleanup cache",
         ]
     );
+    assert_eq!(of("cf").len() + of("zeta").len(), backup_calls.len(), "{backup_calls:?}");
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 
     // backup-cleanup over every deployment.

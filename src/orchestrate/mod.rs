@@ -38,11 +38,14 @@ pub struct Ctx {
     /// Parallel operations per phase (bbr: 10, fixed).
     pub max_in_flight: usize,
     pub bbr_version: String,
+    /// Set when several deployments run at once (`--all-deployments`): the name put
+    /// before this run's report lines (its events are labelled by the sink).
+    pub label: Option<String>,
 }
 
 impl Ctx {
     pub fn new(events: Arc<dyn EventSink>) -> Self {
-        Ctx { events, cancel: CancellationToken::new(), max_in_flight: 10, bbr_version: BBR_COMPAT_VERSION.into() }
+        Ctx { events, cancel: CancellationToken::new(), max_in_flight: 10, bbr_version: BBR_COMPAT_VERSION.into(), label: None }
     }
     pub fn info(&self, msg: impl Into<String>) {
         self.events.emit(Event::Info(msg.into()));
