@@ -25,7 +25,8 @@ use crate::hosts::SshOptions;
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;
 use crate::target::Target;
-use crate::transport::ssh::{self, parse_address, ClientKey, HostKeyPolicy, Secret, SshConfig, SshTransport};
+use crate::connect_proxy::ConnectProxy;
+use crate::transport::ssh::{self, parse_address, ClientKey, HostKeyPolicy, Proxy, Secret, SshConfig, SshTransport};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, Url};
@@ -84,6 +85,8 @@ pub struct DirectorClient {
     auth: Auth,
     /// Between two polls of a task.
     pub poll_interval: Duration,
+    /// The loopback proxy carrying the calls through `BOSH_ALL_PROXY`, while in use.
+    _via: Option<Arc<ConnectProxy>>,
 }
 
 #[derive(Deserialize)]
@@ -141,13 +144,27 @@ pub struct SshHost {
 }
 
 impl DirectorClient {
-    /// `GET /info`, then the UAA token when the director uses UAA.
-    pub async fn connect(target: &str, client: &str, secret: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
+    /// `GET /info`, then the UAA token when the director uses UAA. With `proxy`
+    /// (`BOSH_ALL_PROXY`), every call goes through it, as bosh-cli's do.
+    pub async fn connect(target: &str, client: &str, secret: &str, ca_pem: Option<&[u8]>, proxy: Option<&Proxy>) -> anyhow::Result<Self> {
         let base = director_url(target)?;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(300));
+        let via = match proxy {
+            Some(p) => Some(Arc::new(ConnectProxy::start(p.clone(), Duration::from_secs(30)).await?)),
+            None => None,
+        };
+        if let Some(v) = &via {
+            let auth = reqwest::header::HeaderValue::from_str(&v.authorization).map_err(|e| anyhow!("proxy token: {e}"))?;
+            let p = reqwest::Proxy::all(&v.url).map_err(|e| anyhow!("loopback proxy {}: {e}", v.url))?.custom_http_auth(auth);
+            builder = builder.proxy(p);
+        }
+        let through = |what: String| match via.as_ref().and_then(|v| v.last_error()) {
+            Some(why) => format!("{what} ({why})"),
+            None => what,
+        };
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| anyhow!("invalid CA certificate (--ca-cert / CA_CERT): {e}"))?;
@@ -166,7 +183,7 @@ impl DirectorClient {
             .get(info_url.clone())
             .send()
             .await
-            .map_err(|e| anyhow!("bosh director unreachable or unhealthy: GET {info_url}: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow!("{}", through(format!("bosh director unreachable or unhealthy: GET {info_url}: {}", error_chain(&e)))))?;
         if !resp.status().is_success() {
             bail!("bosh director unreachable or unhealthy: GET {info_url}: {}", resp.status());
         }
@@ -180,7 +197,7 @@ impl DirectorClient {
             }
             _ => Auth::Basic { user: client.to_string(), password: Secret::new(secret) },
         };
-        Ok(DirectorClient { base, http, auth, poll_interval: Duration::from_millis(250) })
+        Ok(DirectorClient { base, http, auth, poll_interval: Duration::from_millis(250), _via: via })
     }
 
     pub fn url(&self) -> &Url {

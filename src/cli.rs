@@ -557,10 +557,12 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             // CA_CERT (clap's env for --ca-cert) wins over BOSH_CA_CERT.
             let ca = args.ca_cert.clone().or_else(|| std::env::var("BOSH_CA_CERT").ok()).filter(|s| !s.trim().is_empty());
             let ca = ca.as_deref().map(crate::bosh::read_ca_cert).transpose()?;
-            let client = crate::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref()).await?;
             let mut opts = crate::hosts::SshOptions::from_env();
             let flags = crate::hosts::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
             opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+            // BOSH_ALL_PROXY carries the director's API calls too, as bosh-cli's.
+            let client =
+                crate::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref(), opts.gateway.as_ref()).await?;
             let Some(deployment) = args.deployment.clone() else {
                 return run_all_deployments(ctx, &client, &opts, &args).await;
             };

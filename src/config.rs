@@ -368,7 +368,7 @@ impl Config {
             TargetConfig::Local { name, instances } => Ok(Box::new(LocalTarget::new(name.clone(), instances.clone()))),
             TargetConfig::Deployment { environment, client, client_secret, ca_cert, deployment } => {
                 let ca = ca_cert.as_deref().map(crate::bosh::read_ca_cert).transpose().context("target.deployment.ca_cert")?;
-                let director = crate::bosh::DirectorClient::connect(environment, client, client_secret, ca.as_deref()).await?;
+                let director = crate::bosh::DirectorClient::connect(environment, client, client_secret, ca.as_deref(), self.ssh.gateway.as_ref()).await?;
                 Ok(Box::new(crate::bosh::DeploymentTarget::new(director, deployment, &self.ssh)?))
             }
         }

@@ -27,6 +27,7 @@ pub mod bosh;
 pub mod cli;
 pub mod concourse;
 pub mod config;
+pub mod connect_proxy;
 pub mod codec;
 pub mod demo;
 pub mod events;

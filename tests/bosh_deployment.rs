@@ -8,7 +8,7 @@ use assert_cmd::Command;
 use std::fs;
 use std::path::{Path, PathBuf};
 use support::director::{user_exists, AuthMode, DeploymentSpec, Director, VmSpec};
-use support::fleet::Fleet;
+use support::fleet::{Fleet, KeyKind, FLEET_ONLY_HOST};
 use tempfile::TempDir;
 
 const CLIENT: &str = "bbr_client";
@@ -565,6 +565,53 @@ fn backup_one_restore_all_goes_from_the_bootstrap_to_every_instance() {
         assert_eq!(vm.read("/var/vcap/store/restore-dir"), format!("/var/vcap/store/bbr-backup/{custom}/\n").into_bytes());
         assert_eq!(vm.read("/var/vcap/store/restore-ls"), b"data\n".to_vec());
     }
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+    assert_cleaned_up(&fleet, &d);
+}
+
+/// `BOSH_ALL_PROXY` carries the director's API calls (UAA included), not only SSH: the
+/// director is addressed by a name only the fleet's VMs resolve, so it is reachable only
+/// through the jumpbox, in both of bbr's forms.
+#[test]
+fn bosh_all_proxy_reaches_a_director_behind_a_jumpbox() {
+    let Some((fleet, d, tmp)) = setup("bosh_all_proxy_reaches_a_director") else { return };
+    let port = d.url.rsplit(':').next().unwrap();
+    let hidden = format!("https://{FLEET_ONLY_HOST}:{port}");
+    let home = tmp.path().join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::copy(fleet.known_hosts(), home.join(".ssh/known_hosts")).unwrap();
+    let via = |proxy: Option<&str>| {
+        let mut c = lockstep();
+        c.env_remove("BOSH_CA_CERT").env_remove("CA_CERT").env_remove("BOSH_ALL_PROXY").env("HOME", &home);
+        if let Some(p) = proxy {
+            c.env("BOSH_ALL_PROXY", p);
+        }
+        c.args(["deployment", "-t", &hidden, "-u", CLIENT, "-p", SECRET, "-d", "cf", "--ca-cert"]).arg(&d.ca_path);
+        c
+    };
+
+    // Directly, the name does not resolve here.
+    let (code, err) = run(via(None).arg("pre-backup-check"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bosh director unreachable") && err.contains(FLEET_ONLY_HOST), "{err}");
+    assert!(d.calls().is_empty(), "{:?}", d.calls());
+
+    // ssh+socks5://: lockstep opens the tunnel through vm0 itself.
+    let key = fleet.key(KeyKind::Ed25519).private;
+    let ssh_socks = format!("ssh+socks5://vcap@{}?private-key={}", fleet.vms[0].address(), key.display());
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let (code, err) = run(via(Some(&ssh_socks)).args(["backup", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(only_artifact(&store).join("db-0-store.tar").is_file());
+    assert_eq!(d.calls()[..2], ["GET /info", "POST /uaa/oauth/token"]);
+    assert_cleaned_up(&fleet, &d);
+
+    // socks5://: an existing tunnel (OpenSSH `ssh -D` through vm1).
+    let tunnel = fleet.socks_tunnel(1);
+    let (code, err) = run(via(Some(&format!("socks5://{}:{}", tunnel.ip, tunnel.port))).arg("pre-backup-check"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("can be backed up"), "{err}");
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
     assert_cleaned_up(&fleet, &d);
 }

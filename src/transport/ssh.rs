@@ -372,6 +372,59 @@ impl Proxy {
     }
 }
 
+/// A byte stream to `host:port` opened through a [`Proxy`], for what is not SSH (the
+/// director's HTTPS API). It keeps the gateway connection it runs over alive.
+pub struct ProxyStream {
+    stream: Box<dyn Duplex>,
+    _via: Option<Arc<Conn>>,
+}
+
+impl ProxyStream {
+    pub async fn open(proxy: &Proxy, host: &str, port: u16, connect_timeout: Duration) -> anyhow::Result<ProxyStream> {
+        let t = Timeouts { connect: connect_timeout, keepalive: Duration::from_secs(60) };
+        let target = host_port(host, port);
+        match proxy {
+            Proxy::Socks5 { host: ph, port: pp } => {
+                let s = tokio::time::timeout(t.connect, socks5_connect(ph, *pp, host, port))
+                    .await
+                    .map_err(|_| connect_timeout_error(t.connect))??;
+                Ok(ProxyStream { stream: Box::new(s), _via: None })
+            }
+            Proxy::Ssh(gw) => {
+                let via = gw.connection(&t).await?;
+                let ch = tokio::time::timeout(t.connect, via.handle.channel_open_direct_tcpip(host.to_string(), u32::from(port), "127.0.0.1", 0))
+                    .await
+                    .map_err(|_| connect_timeout_error(t.connect))?
+                    .map_err(|e| anyhow!("the gateway {} could not open a tunnel to {target}: {}", gw.describe(), channel_error(&e)))?;
+                Ok(ProxyStream { stream: Box::new(ch.into_stream()), _via: Some(via) })
+            }
+        }
+    }
+
+}
+
+impl AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProxyStream {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Parses bbr's `BOSH_ALL_PROXY`:
 /// - `ssh+socks5://USER@HOST:PORT?private-key=PATH`: bbr opens an SSH tunnel to the jump
 ///   host itself; lockstep connects through it directly (`direct-tcpip`), which is the

@@ -97,7 +97,7 @@ impl Director {
         let dir = TempDir::with_prefix("lockstep-director-").unwrap();
         let d = dir.path();
         openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lockstep test director CA"], d);
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:director.fleet.test\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
         openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"], d);
         openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"], d);
         use rustls_pki_types::pem::PemObject;
@@ -279,7 +279,12 @@ impl Server {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/info") => {
                 let ua = match &self.auth {
-                    AuthMode::Uaa { .. } => serde_json::json!({"type": "uaa", "options": {"url": format!("{}/uaa", self.url)}}),
+                    // UAA on the host the client asked for: through a jumpbox that is a name
+                    // only the jumpbox resolves (support::fleet::FLEET_ONLY_HOST).
+                    AuthMode::Uaa { .. } => {
+                        let base = req.headers.get("host").map(|h| format!("https://{h}")).unwrap_or_else(|| self.url.clone());
+                        serde_json::json!({"type": "uaa", "options": {"url": format!("{base}/uaa")}})
+                    }
                     AuthMode::Basic { .. } => serde_json::json!({"type": "basic", "options": {}}),
                 };
                 return json("200 OK", serde_json::json!({"name": "double", "uuid": "0000", "version": "282.0.0", "user_authentication": ua}));

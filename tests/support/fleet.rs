@@ -302,6 +302,10 @@ pub struct Vm {
     child: Mutex<Child>,
 }
 
+/// A host name only the VMs resolve (to 127.0.0.1, in their own `/etc/hosts`): what
+/// reaches it from this machine went through a VM, as through a jumpbox.
+pub const FLEET_ONLY_HOST: &str = "director.fleet.test";
+
 impl Vm {
     fn start(fleet_dir: &Path, i: usize, authorized_keys: &Path) -> Vm {
         let root = fleet_dir.join(format!("vm{i}"));
@@ -315,6 +319,10 @@ impl Vm {
             std::fs::create_dir_all(root.join(home)).unwrap();
             std::fs::set_permissions(root.join(home), std::fs::Permissions::from_mode(mode)).unwrap();
         }
+        let hosts = root.join("hosts");
+        let mut known = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        known.push_str(&format!("\n127.0.0.1 {FLEET_ONLY_HOST}\n"));
+        std::fs::write(&hosts, known).unwrap();
         let host_key = root.join("ssh_host_ed25519_key");
         run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("vm{i}"), "-f"]).arg(&host_key));
         let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
@@ -341,6 +349,7 @@ impl Vm {
             let script = format!(
                 "mount --bind '{vcap}' /var/vcap && mount --bind '{r}/home-root' /root && \
                  if [ -d /home/vcap ]; then mount --bind '{r}/home-vcap' /home/vcap; fi && \
+                 mount --bind '{r}/hosts' /etc/hosts && \
                  exec {SSHD} -D -e -f '{config}' -o ListenAddress={ip}:{port}",
                 vcap = vcap.display(),
                 r = root.display(),
