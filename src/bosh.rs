@@ -74,7 +74,34 @@ pub fn director_url(target: &str) -> anyhow::Result<Url> {
 #[derive(Clone)]
 enum Auth {
     Basic { user: String, password: Secret },
-    Bearer(Secret),
+    Bearer(Arc<Uaa>),
+}
+
+/// Client credentials for the director's UAA and the token they last gave. A backup can
+/// outlast a token (UAA's default lifetime is short), so the token is renewed before it
+/// expires and once more when the director refuses it anyway.
+struct Uaa {
+    url: String,
+    client: String,
+    secret: Secret,
+    token: tokio::sync::Mutex<Token>,
+}
+
+struct Token {
+    value: Secret,
+    /// When to stop using it: a minute before UAA's `expires_in`, if it gave one.
+    renew_at: Option<std::time::Instant>,
+}
+
+impl Uaa {
+    /// The current token, renewed first if it is about to expire (or `force`).
+    async fn token(&self, http: &reqwest::Client, force: bool) -> anyhow::Result<Secret> {
+        let mut t = self.token.lock().await;
+        if force || t.renew_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            *t = uaa_token(http, &self.url, &self.client, self.secret.expose()).await.context("renewing the UAA token")?;
+        }
+        Ok(t.value.clone())
+    }
 }
 
 /// An authenticated director API client (cloned for each deployment of `--all-deployments`).
@@ -193,7 +220,13 @@ impl DirectorClient {
                 let uaa = ua.options.get("url").and_then(Value::as_str).ok_or_else(|| {
                     anyhow!("the director uses UAA but /info gives no user_authentication.options.url")
                 })?;
-                Auth::Bearer(uaa_token(&http, uaa, client, secret).await?)
+                let token = uaa_token(&http, uaa, client, secret).await?;
+                Auth::Bearer(Arc::new(Uaa {
+                    url: uaa.to_string(),
+                    client: client.to_string(),
+                    secret: Secret::new(secret),
+                    token: tokio::sync::Mutex::new(token),
+                }))
             }
             _ => Auth::Basic { user: client.to_string(), password: Secret::new(secret) },
         };
@@ -204,17 +237,35 @@ impl DirectorClient {
         &self.base
     }
 
+    /// A request to the director, credentials added by [`execute`](Self::execute).
     fn request(&self, method: Method, path_and_query: &str) -> anyhow::Result<reqwest::RequestBuilder> {
         let url = self.base.join(path_and_query).with_context(|| format!("director URL for {path_and_query}"))?;
-        let rb = self.http.request(method, url);
+        Ok(self.http.request(method, url))
+    }
+
+    /// Sends `rb` with the credentials. A 401 to a UAA token gets one retry with a new
+    /// token (it may have expired or been revoked since we got it); the response is
+    /// returned whatever its status.
+    async fn execute(&self, what: &str, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let retry = rb.try_clone();
+        let resp = self.with_auth(rb, false).await?.send().await.map_err(|e| anyhow!("{what}: {}", error_chain(&e)))?;
+        match (&self.auth, retry) {
+            (Auth::Bearer(_), Some(again)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                self.with_auth(again, true).await?.send().await.map_err(|e| anyhow!("{what}: {}", error_chain(&e)))
+            }
+            _ => Ok(resp),
+        }
+    }
+
+    async fn with_auth(&self, rb: reqwest::RequestBuilder, renew: bool) -> anyhow::Result<reqwest::RequestBuilder> {
         Ok(match &self.auth {
             Auth::Basic { user, password } => rb.basic_auth(user, Some(password.expose())),
-            Auth::Bearer(token) => rb.bearer_auth(token.expose()),
+            Auth::Bearer(uaa) => rb.bearer_auth(uaa.token(&self.http, renew).await?.expose()),
         })
     }
 
     async fn send(&self, what: &str, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = rb.send().await.map_err(|e| anyhow!("{what}: {}", error_chain(&e)))?;
+        let resp = self.execute(what, rb).await?;
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
             return Ok(resp);
@@ -279,7 +330,7 @@ impl DirectorClient {
     }
 
     async fn deployment_request(&self, deployment: &str, what: &str, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = rb.send().await.map_err(|e| anyhow!("{what}: {}", error_chain(&e)))?;
+        let resp = self.execute(what, rb).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             bail!("deployment '{deployment}' not found on the director {}: check --deployment (BOSH_DEPLOYMENT)", self.base);
         }
@@ -376,7 +427,7 @@ impl DirectorClient {
 }
 
 /// A UAA client-credentials token.
-async fn uaa_token(http: &reqwest::Client, uaa: &str, client: &str, secret: &str) -> anyhow::Result<Secret> {
+async fn uaa_token(http: &reqwest::Client, uaa: &str, client: &str, secret: &str) -> anyhow::Result<Token> {
     let url = Url::parse(uaa)
         .and_then(|u| u.join(&format!("{}/oauth/token", u.path().trim_end_matches('/'))))
         .map_err(|e| anyhow!("the director's UAA URL {uaa:?} is invalid: {e}"))?;
@@ -404,7 +455,13 @@ async fn uaa_token(http: &reqwest::Client, uaa: &str, client: &str, secret: &str
         .get("access_token")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("UAA {url}: the token response has no access_token"))?;
-    Ok(Secret::new(token))
+    // Renew a minute early (or at half its life when shorter), so no call carries a
+    // token that expires on its way.
+    let renew_at = v.get("expires_in").and_then(Value::as_u64).map(|secs| {
+        let margin = 60.min(secs / 2);
+        std::time::Instant::now() + Duration::from_secs(secs - margin)
+    });
+    Ok(Token { value: Secret::new(token), renew_at })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -615,3 +615,30 @@ fn bosh_all_proxy_reaches_a_director_behind_a_jumpbox() {
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
     assert_cleaned_up(&fleet, &d);
 }
+
+/// A backup that outlives its UAA token: renewed before it expires when UAA says when,
+/// and after a refusal when it does not keep its word (a revoked or shortened token).
+#[test]
+fn uaa_tokens_are_renewed_during_a_long_backup() {
+    let Some((fleet, d, tmp)) = setup("uaa_tokens_are_renewed") else { return };
+    let tokens = |d: &Director| d.calls().iter().filter(|c| *c == "POST /uaa/oauth/token").count();
+    // The locker's lock takes 2 s: cleanup comes well after a 1.5 s token expired.
+    for (case, announced) in [("announced", 1u64), ("unannounced", 3600)] {
+        let before = (tokens(&d), d.expired_refusals());
+        d.set_token_life(std::time::Duration::from_millis(1500), announced);
+        let store = tmp.path().join(case);
+        fs::create_dir(&store).unwrap();
+        let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+        assert_eq!(code, 0, "{case}: {err}");
+        assert!(tokens(&d) > before.0 + 1, "{case}: the token was never renewed: {:?}", d.calls());
+        let refusals = d.expired_refusals() - before.1;
+        match case {
+            // Renewed ahead of time: the director never saw an expired token.
+            "announced" => assert_eq!(refusals, 0, "{case}"),
+            // Only a refusal could tell: one per renewal, each retried once.
+            _ => assert!(refusals >= 1, "{case}"),
+        }
+        assert_cleaned_up(&fleet, &d);
+        assert!(d.unexpected().is_empty(), "{case}: {:?}", d.unexpected());
+    }
+}

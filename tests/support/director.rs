@@ -64,7 +64,13 @@ struct State {
     next_task: u64,
     calls: Vec<String>,
     unexpected: Vec<String>,
-    tokens: HashSet<String>,
+    /// Issued tokens and when.
+    tokens: HashMap<String, std::time::Instant>,
+    /// How long a token is accepted, and the `expires_in` UAA announces (which a real
+    /// UAA keeps to; tests also make it lie, as a revoked token would).
+    token_life: (std::time::Duration, u64),
+    /// Requests refused because their token had expired.
+    expired_refusals: usize,
     /// VM ids whose `ssh setup` reports a failure.
     failing_setup: HashSet<String>,
     /// Deployments whose VM-listing task ends in `error`.
@@ -115,7 +121,7 @@ impl Director {
         );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let mut st = State { next_task: 1, ..State::default() };
+        let mut st = State { next_task: 1, token_life: (std::time::Duration::from_secs(3600), 3600), ..State::default() };
         for dep in deployments {
             st.deployments.insert(dep.name.clone(), dep);
         }
@@ -162,6 +168,16 @@ impl Director {
 
     pub fn unexpected(&self) -> Vec<String> {
         self.state.lock().unwrap().unexpected.clone()
+    }
+
+    /// Tokens issued from now on are accepted for `accepted` and announced with
+    /// `expires_in: announced` seconds.
+    pub fn set_token_life(&self, accepted: std::time::Duration, announced: u64) {
+        self.state.lock().unwrap().token_life = (accepted, announced);
+    }
+
+    pub fn expired_refusals(&self) -> usize {
+        self.state.lock().unwrap().expired_refusals
     }
 
     pub fn fail_setup_of(&self, vm_id: &str) {
@@ -299,15 +315,23 @@ impl Server {
                 }
                 let mut st = self.state.lock().unwrap();
                 let token = format!("token-{}-{}", st.tokens.len(), std::process::id());
-                st.tokens.insert(token.clone());
-                return json("200 OK", serde_json::json!({"access_token": token, "token_type": "bearer", "expires_in": 3600}));
+                st.tokens.insert(token.clone(), std::time::Instant::now());
+                let expires_in = st.token_life.1;
+                return json("200 OK", serde_json::json!({"access_token": token, "token_type": "bearer", "expires_in": expires_in}));
             }
             _ => {}
         }
         let authorized = match &self.auth {
-            AuthMode::Uaa { .. } => auth_header
-                .strip_prefix("Bearer ")
-                .is_some_and(|t| self.state.lock().unwrap().tokens.contains(t)),
+            AuthMode::Uaa { .. } => {
+                let mut st = self.state.lock().unwrap();
+                let issued = auth_header.strip_prefix("Bearer ").and_then(|t| st.tokens.get(t).copied());
+                if issued.is_some_and(|at| at.elapsed() >= st.token_life.0) {
+                    // A token of ours that expired: UAA's answer, not a protocol error.
+                    st.expired_refusals += 1;
+                    return json("401 Unauthorized", serde_json::json!({"code": 600000, "description": "Token expired"}));
+                }
+                issued.is_some()
+            }
             AuthMode::Basic { user, password } => auth_header == format!("Basic {}", b64(&format!("{user}:{password}"))),
         };
         if !authorized {
