@@ -18,6 +18,8 @@
 //! retention: {keep_last: 7, keep_daily: 14, keep_weekly: 8, keep_monthly: 12, keep_within: 2d, min_age: 1h}
 //! max_in_flight: 10
 //! script_timeout: 2h
+//! ssh: {all_proxy: "ssh+socks5://jumpbox@10.0.0.5:22", all_proxy_private_key: ((jumpbox_key)),
+//!       all_proxy_host_public_key: "ssh-ed25519 AAAA..."}   # bbr's BOSH_ALL_PROXY
 //! min_stores: 1
 //! ```
 //!
@@ -49,7 +51,8 @@ const LOCAL_KEYS: &[&str] = &["name", "instances"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity"];
 const RETENTION_KEYS: &[&str] = &["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_within", "min_age", "grace"];
 const STORE_EXTRA_KEYS: &[&str] = &["path", "replicas"];
-const SSH_KEYS: &[&str] = &["insecure_skip_host_key_check", "connect_timeout"];
+const SSH_KEYS: &[&str] =
+    &["insecure_skip_host_key_check", "connect_timeout", "all_proxy", "all_proxy_private_key", "all_proxy_host_public_key"];
 
 /// A parsed configuration. `Debug` is hand-written: it never shows keys or secrets.
 #[derive(Clone)]
@@ -333,6 +336,7 @@ impl Config {
             if let Some(v) = s.get("connect_timeout") {
                 ssh.connect_timeout = duration(v, "ssh.connect_timeout")?;
             }
+            ssh.gateway = all_proxy(s, &ssh)?;
         }
         Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, min_stores, ssh })
     }
@@ -373,6 +377,33 @@ impl Config {
             }
         }
     }
+}
+
+/// `ssh.all_proxy`: bbr's `BOSH_ALL_PROXY` for a resource, whose environment a pipeline
+/// cannot set. `socks5://HOST:PORT`, or `ssh+socks5://USER@HOST:PORT` with the jump
+/// host's key in `all_proxy_private_key` and its host key in `all_proxy_host_public_key`
+/// (a container has no known_hosts to check it against).
+fn all_proxy(s: &Map<String, Value>, ssh: &SshOptions) -> anyhow::Result<Option<crate::transport::ssh::Proxy>> {
+    use crate::transport::ssh::{parse_all_proxy, HostKeyPolicy, KeySource};
+    let text = |k: &str| s.get(k).map(|v| string(v, &format!("ssh.{k}"))).transpose();
+    let (url, key, host_key) = (text("all_proxy")?, text("all_proxy_private_key")?, text("all_proxy_host_public_key")?);
+    let Some(url) = url else {
+        if key.is_some() || host_key.is_some() {
+            bail!("ssh.all_proxy_private_key and ssh.all_proxy_host_public_key need ssh.all_proxy");
+        }
+        return Ok(None);
+    };
+    let policy = match (&host_key, ssh.insecure_skip_host_key_check) {
+        (_, true) => HostKeyPolicy::Insecure,
+        (Some(line), false) => HostKeyPolicy::pinned(line).context("ssh.all_proxy_host_public_key")?,
+        (None, false) if url.starts_with("ssh+socks5://") => bail!(
+            "ssh.all_proxy: give the jump host's key as ssh.all_proxy_host_public_key (`ssh-keyscan HOST` prints it), \
+             or set ssh.insecure_skip_host_key_check"
+        ),
+        (None, false) => ssh.default_host_key_policy(),
+    };
+    let key = key.map(KeySource::Pem);
+    parse_all_proxy(&url, key.as_ref(), ssh.key_passphrase.as_ref(), policy).map(Some).context("ssh.all_proxy")
 }
 
 fn parse_policy(v: &Value) -> anyhow::Result<Policy> {
@@ -467,6 +498,28 @@ mod tests {
         assert!(!e.contains("supersecret"), "{e}");
         let c = Config::parse(&serde_json::json!({"store": {"path": "/x"}, "encryption": {"identity": "AGE-SECRET-KEY-1XYZ"}}).to_string()).unwrap();
         assert!(!format!("{c:?}").contains("AGE-SECRET"));
+    }
+
+    #[test]
+    fn all_proxy_in_both_forms() {
+        use crate::transport::ssh::Proxy;
+        let with = |ssh: serde_json::Value| Config::parse(&serde_json::json!({"store": {"path": "/x"}, "ssh": ssh}).to_string());
+        let c = with(serde_json::json!({"all_proxy": "socks5://127.0.0.1:1080"})).unwrap();
+        assert!(matches!(c.ssh.gateway, Some(Proxy::Socks5 { ref host, port: 1080 }) if host == "127.0.0.1"));
+        let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nsupersecretkeymaterial\n-----END OPENSSH PRIVATE KEY-----";
+        for (ssh, want) in [
+            (serde_json::json!({"all_proxy": "ssh+socks5://jb@10.0.0.5:22", "all_proxy_private_key": key}), "all_proxy_host_public_key"),
+            (
+                serde_json::json!({"all_proxy": "ssh+socks5://jb@10.0.0.5:22", "all_proxy_private_key": key, "all_proxy_host_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq2X8vGq7T0x0p8nVbQ0mJ2f8D3wYJYz3e2vC0Q1a2b"}),
+                "ssh.all_proxy",
+            ),
+            (serde_json::json!({"all_proxy_private_key": key}), "need ssh.all_proxy"),
+            (serde_json::json!({"all_proxy": "http://proxy:3128"}), "expected ssh+socks5://"),
+        ] {
+            let e = format!("{:#}", with(ssh.clone()).unwrap_err());
+            assert!(e.contains(want), "{ssh}: {e}");
+            assert!(!e.contains("supersecret"), "{e}");
+        }
     }
 
     #[test]

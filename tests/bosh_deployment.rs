@@ -285,19 +285,11 @@ fn director_errors_a_person_can_act_on() {
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 }
 
-/// The Concourse resource with `source.target.deployment`: a `put` backs up through the
-/// director and its temporary SSH users are gone afterwards.
-#[test]
-fn the_resource_backs_up_a_bosh_deployment() {
-    let Some((_fleet, director, tmp)) = setup("the_resource_backs_up_a_bosh_deployment") else { return };
-    let store = tmp.path().join("store");
-    let source = serde_json::json!({
-        "target": {"deployment": {"environment": director.url, "client": CLIENT, "client_secret": SECRET,
-                                  "ca_cert": director.ca_pem, "deployment": "cf"}},
-        "store": {"path": store},
-    });
+/// The resource's `out` with `source`, as Concourse runs it: it must take a backup of
+/// `cf` and print no secret.
+fn put_backup(source: &serde_json::Value, dir: &Path) {
     let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_out"))
-        .arg(tmp.path())
+        .arg(dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -311,6 +303,21 @@ fn the_resource_backs_up_a_bosh_deployment() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["version"]["artifact"].as_str().unwrap().starts_with("cf_"), "{v}");
     assert!(!stderr.contains(SECRET), "the client secret was printed");
+    assert!(!stderr.contains("PRIVATE KEY"), "a private key was printed");
+}
+
+/// The Concourse resource with `source.target.deployment`: a `put` backs up through the
+/// director and its temporary SSH users are gone afterwards.
+#[test]
+fn the_resource_backs_up_a_bosh_deployment() {
+    let Some((_fleet, director, tmp)) = setup("the_resource_backs_up_a_bosh_deployment") else { return };
+    let store = tmp.path().join("store");
+    let source = serde_json::json!({
+        "target": {"deployment": {"environment": director.url, "client": CLIENT, "client_secret": SECRET,
+                                  "ca_cert": director.ca_pem, "deployment": "cf"}},
+        "store": {"path": store},
+    });
+    put_backup(&source, tmp.path());
     assert!(!director.created_users().is_empty());
     assert!(director.live_users().is_empty(), "SSH users left behind: {:?}", director.live_users());
     for u in director.created_users() {
@@ -605,6 +612,19 @@ fn bosh_all_proxy_reaches_a_director_behind_a_jumpbox() {
     assert_eq!(code, 0, "{err}");
     assert!(only_artifact(&store).join("db-0-store.tar").is_file());
     assert_eq!(d.calls()[..2], ["GET /info", "POST /uaa/oauth/token"]);
+    assert_cleaned_up(&fleet, &d);
+
+    // The resource, whose environment a pipeline cannot set: `ssh.all_proxy` with the
+    // jump host's key and host key in the source itself.
+    let source = serde_json::json!({
+        "target": {"deployment": {"environment": hidden, "client": CLIENT, "client_secret": SECRET,
+                                  "ca_cert": d.ca_pem, "deployment": "cf"}},
+        "store": {"path": tmp.path().join("resource-store")},
+        "ssh": {"all_proxy": format!("ssh+socks5://vcap@{}", fleet.vms[0].address()),
+                "all_proxy_private_key": fs::read_to_string(&key).unwrap(),
+                "all_proxy_host_public_key": fleet.vms[0].host_key_line},
+    });
+    put_backup(&source, tmp.path());
     assert_cleaned_up(&fleet, &d);
 
     // socks5://: an existing tunnel (OpenSSH `ssh -D` through vm1).

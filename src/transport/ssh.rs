@@ -432,6 +432,12 @@ impl AsyncWrite for ProxyStream {
 ///   (`passphrase`). The jump host's own key is checked with `host_key`.
 /// - `socks5://HOST:PORT`: an existing SOCKS5 tunnel.
 pub fn parse_bosh_all_proxy(url: &str, passphrase: Option<&Secret>, host_key: HostKeyPolicy) -> anyhow::Result<Proxy> {
+    parse_all_proxy(url, None, passphrase, host_key)
+}
+
+/// [`parse_bosh_all_proxy`], where the jump host's key may also be given as `key` (the
+/// resource's configuration carries the key itself, not a path); `?private-key=` wins.
+pub fn parse_all_proxy(url: &str, key: Option<&KeySource>, passphrase: Option<&Secret>, host_key: HostKeyPolicy) -> anyhow::Result<Proxy> {
     let shown = redact_url(url);
     let usage = "expected ssh+socks5://USER@HOST:PORT?private-key=PATH or socks5://HOST:PORT";
     if let Some(rest) = url.strip_prefix("ssh+socks5://") {
@@ -446,9 +452,12 @@ pub fn parse_bosh_all_proxy(url: &str, passphrase: Option<&Secret>, host_key: Ho
                 other => bail!("BOSH_ALL_PROXY {shown}: unknown parameter {other:?}; {usage}"),
             }
         }
-        let key_path = key_path.ok_or_else(|| anyhow!("BOSH_ALL_PROXY {shown}: missing ?private-key=PATH; {usage}"))?;
-        let key = ClientKey::load(&KeySource::Path(PathBuf::from(key_path)), passphrase)
-            .with_context(|| format!("BOSH_ALL_PROXY {shown}"))?;
+        let source = match (key_path, key) {
+            (Some(path), _) => KeySource::Path(PathBuf::from(path)),
+            (None, Some(k)) => k.clone(),
+            (None, None) => bail!("BOSH_ALL_PROXY {shown}: missing ?private-key=PATH; {usage}"),
+        };
+        let key = ClientKey::load(&source, passphrase).with_context(|| format!("BOSH_ALL_PROXY {shown}"))?;
         if !authority.contains('@') {
             bail!("BOSH_ALL_PROXY {shown}: missing the user (USER@HOST:PORT); {usage}");
         }
