@@ -682,6 +682,10 @@ impl Target for DeploymentTarget {
         &self.deployment
     }
 
+    fn location(&self) -> Option<String> {
+        Some(format!("BOSH deployment {} on {}", self.deployment, self.client.url()))
+    }
+
     async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
         let s = self.session.get_or_try_init(|| self.open()).await?;
         Ok(s.instances.clone())

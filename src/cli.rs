@@ -196,6 +196,10 @@ pub enum RunAction {
         artifact: Option<String>,
         #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
         artifact_path: Option<PathBuf>,
+        /// A restore drill into a scratch deployment: refuse when the target is where the
+        /// backup was taken from (tasks/restore-drill.sh sets it).
+        #[arg(long)]
+        drill: bool,
     },
     /// Run every post-backup-unlock and remove the staging directories.
     BackupCleanup,
@@ -702,10 +706,10 @@ async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             }
             (out.failures, out.timings, "backup-cleanup")
         }
-        RunAction::Restore { artifact, artifact_path } => {
+        RunAction::Restore { artifact, artifact_path, drill } => {
             let out = match (artifact, artifact_path) {
-                (Some(name), _) => service::restore_from_store(ctx, &cfg, name).await?,
-                (None, Some(dir)) => service::restore_from_dir(ctx, &cfg, dir).await?,
+                (Some(name), _) => service::restore_from_store(ctx, &cfg, name, *drill).await?,
+                (None, Some(dir)) => service::restore_from_dir(ctx, &cfg, dir, *drill).await?,
                 (None, None) => bail!("give --artifact NAME or -a DIR"),
             };
             (out.failures, out.timings, "restore-cleanup")
@@ -945,7 +949,7 @@ async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree:
                 }
                 None => (Box::new(open_stores(stores, Some(1), s3)?), artifact.clone().unwrap_or_default(), false),
             };
-            let out = restore_with(ctx, target, store.as_ref(), &art, &RestoreOptions { accept_bbr, identities }).await;
+            let out = restore_with(ctx, target, store.as_ref(), &art, &RestoreOptions { accept_bbr, identities, drill: false }).await;
             if out.failures.is_empty() {
                 ctx.info(format!("Restored {art} onto {name}"));
             }

@@ -196,7 +196,7 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
                 );
             }
             let name = std::fs::read_to_string(dir.join("version")).map(|s| s.trim().to_string()).unwrap_or(input.clone());
-            let out = service::restore_from_dir(ctx, &req.config, &dir).await?;
+            let out = service::restore_from_dir(ctx, &req.config, &dir, false).await?;
             eprint!("{}", timings_table(&out.timings));
             service::ensure_ok(&out.failures, "the restore")?;
             let deployment = req.config.deployment_name().unwrap_or("").to_string();

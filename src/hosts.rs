@@ -415,6 +415,12 @@ impl Target for HostsTarget {
         &self.inventory.name
     }
 
+    fn location(&self) -> Option<String> {
+        let mut hosts: Vec<String> = self.inventory.instances.iter().map(|h| ssh::host_port(&h.host, h.port)).collect();
+        hosts.sort();
+        Some(format!("SSH hosts {}", hosts.join(", ")))
+    }
+
     async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
         build_instances(&self.inventory, &self.opts, &self.keys)
     }
@@ -468,6 +474,10 @@ impl DirectorTarget {
 impl Target for DirectorTarget {
     fn deployment_name(&self) -> &str {
         self.inner.deployment_name()
+    }
+
+    fn location(&self) -> Option<String> {
+        self.inner.location()
     }
 
     async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {

@@ -35,20 +35,21 @@ pub async fn run_backup(ctx: &Ctx, cfg: &Config, unsafe_lock_free: bool, origin:
 }
 
 /// Restores artifact `name` from the configured store.
-pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str) -> anyhow::Result<RestoreOutcome> {
+/// `drill`: see [`RestoreOptions::drill`].
+pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str, drill: bool) -> anyhow::Result<RestoreOutcome> {
     let target = cfg.open_target().await?;
     let store = cfg.open_store()?;
-    let opts = RestoreOptions { accept_bbr: false, identities: cfg.identities()? };
+    let opts = RestoreOptions { accept_bbr: false, identities: cfg.identities()?, drill };
     let mut out = restore_with(ctx, target.as_ref(), store.as_ref(), name, &opts).await;
     release(target.as_ref(), &mut out.failures).await;
     Ok(out)
 }
 
 /// Restores a local artifact directory (fetched by `get`, or made by bbr).
-pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path) -> anyhow::Result<RestoreOutcome> {
+pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path, drill: bool) -> anyhow::Result<RestoreOutcome> {
     let target = cfg.open_target().await?;
     let (store, name) = crate::cli::split_artifact_path(dir)?;
-    let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()? };
+    let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()?, drill };
     let mut out = restore_with(ctx, target.as_ref(), &store, &name, &opts).await;
     release(target.as_ref(), &mut out.failures).await;
     Ok(out)

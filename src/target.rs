@@ -12,6 +12,13 @@ pub trait Target: Send + Sync {
     /// Names the artifact: `<deployment>_<timestamp>`.
     fn deployment_name(&self) -> &str;
     async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>>;
+    /// Where the deployment's instances are (addresses, directories, director and
+    /// deployment), without secrets: recorded in `lockstep.json` as `taken_from`, so that
+    /// a restore drill can refuse to restore onto the deployment a backup came from.
+    /// `None` when the target cannot say.
+    fn location(&self) -> Option<String> {
+        None
+    }
     /// The release a job comes from, if this target knows (a BOSH manifest does).
     fn release_of(&self, _group: &str, _job: &str) -> Option<String> {
         None
@@ -63,6 +70,12 @@ impl LocalTarget {
 impl Target for LocalTarget {
     fn deployment_name(&self) -> &str {
         &self.name
+    }
+
+    fn location(&self) -> Option<String> {
+        let mut dirs: Vec<&str> = self.instances.iter().map(|(_, d)| d.as_str()).collect();
+        dirs.sort();
+        Some(format!("local instances {}", dirs.join(", ")))
     }
 
     async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {

@@ -13,11 +13,11 @@ artifact=${ARTIFACT:-}
 if [ -d artifact ] && [ -z "$artifact" ]; then
   ARTIFACT_DIR=$(find_artifact_dir artifact)
   echo "Drill: restoring the artifact directory $ARTIFACT_DIR into the scratch deployment." >&2
-  set -- restore -a "$ARTIFACT_DIR"
+  set -- restore --drill -a "$ARTIFACT_DIR"
 elif [ -n "$artifact" ]; then
   ARTIFACT_DIR=
   echo "Drill: restoring $artifact from DRILL_CONFIG's store into the scratch deployment." >&2
-  set -- restore --artifact "$artifact"
+  set -- restore --drill --artifact "$artifact"
 else
   die "nothing to restore: give the input 'artifact' (what a get of the lockstep resource fetched) or set ARTIFACT"
 fi

@@ -607,3 +607,28 @@ fn an_aborted_backup_task_still_unlocks() {
     assert!(committed(&site.store).is_empty());
     assert!(stderr.contains("backup-cleanup"), "the operator is told what to run: {stderr}");
 }
+
+/// A DRILL_CONFIG copied from the real configuration would restore yesterday's state onto
+/// production. The drill refuses before any instance is touched, and says what to fix.
+#[test]
+fn a_drill_pointed_at_the_real_deployment_is_refused() {
+    let site = Site::new();
+    let mut r = Runner::new(
+        "backup",
+        &site.work,
+        &[("lockstep_config", site.config()), ("drill_config", site.config())],
+        &[("drill_smoke_check", Value::String("true".into()))],
+    );
+    assert_eq!(r.run_job("backup"), Some(true), "{}", r.log);
+    let before = fs::read(site.dump(&site.deployment)).unwrap();
+    assert_eq!(r.run_job("restore-drill"), Some(false), "{}", r.log);
+    assert!(r.log.contains("refusing the restore drill: its target is where"), "{}", r.log);
+    assert!(r.log.contains("point DRILL_CONFIG's target at one"), "{}", r.log);
+    assert!(!r.log.contains("pre-restore-lock"), "a restore script ran:\n{}", r.log);
+    assert_eq!(fs::read(site.dump(&site.deployment)).unwrap(), before);
+    // Nothing was uploaded to the real instances.
+    for (_, root) in &site.deployment {
+        assert!(!Path::new(root).join("var/vcap/store/bbr-backup").exists(), "{root}");
+    }
+    assert_eq!(r.run_job("prune"), None, "prune follows only a passed drill");
+}

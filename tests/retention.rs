@@ -183,6 +183,7 @@ async fn committed_artifact(store: &dyn Store, name: &str) {
         lock_window_seconds: None,
         warnings: vec![],
         origin: BTreeMap::new(),
+        taken_from: None,
         compression: "none".into(),
         encrypted: false,
         encryption: None,

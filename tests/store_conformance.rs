@@ -216,6 +216,7 @@ async fn artifacts_exist_only_once_committed(f: &Fixture) {
         lock_window_seconds: None,
         warnings: vec![],
         origin: BTreeMap::new(),
+        taken_from: None,
         compression: "none".into(),
         encrypted: false,
         encryption: None,

@@ -37,6 +37,10 @@ pub struct CommitMarker {
     /// data was safe, a cleanup failure).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Where the deployment was ([`crate::target::Target::location`]): a restore drill
+    /// refuses to restore onto the same place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_from: Option<String>,
     /// Who took it: Concourse build variables and the like, when known.
     #[serde(default)]
     pub origin: BTreeMap<String, String>,
@@ -124,6 +128,7 @@ mod tests {
             lock_window_seconds: Some(1.25),
             warnings: vec![],
             origin: BTreeMap::new(),
+            taken_from: None,
             compression: "none".into(),
             encrypted: false,
             encryption: None,

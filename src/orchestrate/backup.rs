@@ -272,6 +272,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
             warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
             origin: opts.origin.clone(),
+            taken_from: target.location(),
             compression: String::new(),
             encrypted: false,
             encryption: None,

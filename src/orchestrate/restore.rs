@@ -35,6 +35,9 @@ pub struct RestoreOptions {
     pub accept_bbr: bool,
     /// age identities for an encrypted artifact.
     pub identities: Identities,
+    /// A restore drill: the target is a scratch deployment, and restoring onto the
+    /// deployment the backup was taken from is refused before anything is touched.
+    pub drill: bool,
 }
 
 /// Restores artifact `name` from `store` onto `target`. `accept_bbr` accepts an artifact
@@ -55,6 +58,12 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
             return out;
         }
     };
+    if opts.drill
+        && let Err(e) = drill_target_check(ctx, target, &art)
+    {
+        out.failures.push(FailureKind::General, e);
+        return out;
+    }
     let dep = match out.timings.phase(ctx, Phase::Discover, discover(ctx, target)).await {
         Ok(d) => d,
         Err(e) => {
@@ -113,6 +122,32 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
         out.failures.push(FailureKind::Cancelled, Cancelled.into());
     }
     out
+}
+
+/// A drill restores into a scratch deployment. Pointing it at the deployment the backup
+/// came from (a copy-pasted configuration) would overwrite production with yesterday's
+/// state, so the two locations are compared first.
+fn drill_target_check(ctx: &Ctx, target: &dyn Target, art: &StoredArtifact) -> anyhow::Result<()> {
+    let from = art.marker.as_ref().and_then(|m| m.taken_from.as_deref());
+    match (from, target.location()) {
+        (Some(from), Some(here)) if from == here => anyhow::bail!(
+            "refusing the restore drill: its target is where {} was taken from ({here}). A drill restores into a \
+             scratch deployment: point DRILL_CONFIG's target at one",
+            art.name
+        ),
+        (Some(from), Some(here)) => {
+            ctx.info(format!("Drill: restoring into {here} (the backup was taken from {from})"));
+            Ok(())
+        }
+        _ => {
+            ctx.warn(format!(
+                "Drill: cannot tell whether the drill's target is the deployment {} was taken from (no taken_from recorded): \
+                 make sure DRILL_CONFIG names a scratch deployment",
+                art.name
+            ));
+            Ok(())
+        }
+    }
 }
 
 /// Opens the artifact and re-hashes every file against its metadata.

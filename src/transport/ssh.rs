@@ -269,7 +269,7 @@ pub fn parse_address(addr: &str, default_port: u16) -> anyhow::Result<(String, u
     Ok((host.to_string(), port))
 }
 
-fn host_port(host: &str, port: u16) -> String {
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
