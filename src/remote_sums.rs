@@ -21,6 +21,10 @@
 use crate::artifact::tar_hash::Checksums;
 use anyhow::{anyhow, bail, Context};
 
+/// What `openssl dgst -sha256 -r` prints for empty input. An openssl whose output differs
+/// (another format, a FIPS build without sha256) is not used: `sha256sum` is.
+const OPENSSL_SELF_TEST: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 *stdin";
+
 /// The shell command that prints the checksums of every regular file under `dir`
 /// (already quoted), with names relative to it (`./a/b`).
 pub fn checksum_command(quoted_dir: &str) -> String {
@@ -28,7 +32,8 @@ pub fn checksum_command(quoted_dir: &str) -> String {
     let odd = "\\( -path '*\n*' -o -path '*\\\\*' \\)";
     format!(
         "cd {quoted_dir} || exit 1\n\
-         if command -v openssl >/dev/null 2>&1; then\n\
+         if command -v openssl >/dev/null 2>&1 && \
+            [ \"$(printf '' | openssl dgst -sha256 -r 2>/dev/null)\" = '{OPENSSL_SELF_TEST}' ]; then\n\
          echo openssl\n\
          find . -type f ! {odd} -exec openssl dgst -sha256 -r {{}} + || exit 1\n\
          printf '\\0'\n\
@@ -135,9 +140,16 @@ mod tests {
         }
     }
 
-    /// Runs the real command with `sh`, `find`, `sha256sum` and (when `with_openssl`)
-    /// `openssl` over files whose names need care, and checks every digest against our own.
-    fn run_on_odd_names(with_openssl: bool) -> (String, Checksums) {
+    enum Openssl {
+        Real,
+        Missing,
+        /// An `openssl` that prints another format (as `dgst` without `-r` does).
+        Odd,
+    }
+
+    /// Runs the real command with `sh`, `find`, `sha256sum` and some `openssl` over files
+    /// whose names need care, and checks every digest against our own.
+    fn run_on_odd_names(openssl: Openssl) -> (String, Checksums) {
         use sha2::{Digest, Sha256};
         let dir = tempfile::TempDir::new().unwrap();
         let data = dir.path().join("artifact dir");
@@ -153,7 +165,12 @@ mod tests {
         }
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
-        let tools: &[&str] = if with_openssl { &["find", "sha256sum", "openssl"] } else { &["find", "sha256sum"] };
+        let tools: &[&str] = if matches!(openssl, Openssl::Real) { &["find", "sha256sum", "openssl"] } else { &["find", "sha256sum"] };
+        if let Openssl::Odd = openssl {
+            let fake = bin.join("openssl");
+            std::fs::write(&fake, format!("#!/bin/sh\necho 'SHA2-256(stdin)= {}'\n", &OPENSSL_SELF_TEST[..64])).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
         for tool in tools {
             let path = ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists());
             std::os::unix::fs::symlink(path.unwrap_or_else(|| panic!("{tool} is not installed (ci/setup)")), bin.join(tool)).unwrap();
@@ -169,8 +186,9 @@ mod tests {
 
     #[test]
     fn the_command_with_and_without_openssl_agrees_with_our_sha256() {
-        assert_eq!(run_on_odd_names(true).0, "openssl");
-        assert_eq!(run_on_odd_names(false).0, "sha256sum");
+        assert_eq!(run_on_odd_names(Openssl::Real).0, "openssl");
+        assert_eq!(run_on_odd_names(Openssl::Missing).0, "sha256sum");
+        assert_eq!(run_on_odd_names(Openssl::Odd).0, "sha256sum", "an openssl that fails the self-test is not used");
     }
 
     #[test]
