@@ -584,8 +584,11 @@ impl SshIdentity {
     }
 }
 
+/// What one run learnt from the director: the VMs to reach and the manifest's facts.
 struct Session {
     instances: Vec<InstanceRef>,
+    /// `(group, job)` -> release, for release-qualified lock ordering.
+    releases: HashMap<(String, String), String>,
     /// `(group, job)`s with `bbr.backup_one_restore_all: true` in the manifest.
     one_restore_all: std::collections::HashSet<(String, String)>,
     /// The instances the director marks `bootstrap: true`.
@@ -598,7 +601,6 @@ pub struct DeploymentTarget {
     deployment: String,
     opts: SshOptions,
     identity: SshIdentity,
-    releases: Mutex<HashMap<(String, String), String>>,
     /// The manifest, downloaded once (release names, `--with-manifest`).
     manifest: tokio::sync::OnceCell<String>,
     /// Groups for which `ssh setup` was sent: `ssh cleanup` is owed for each.
@@ -616,7 +618,6 @@ impl DeploymentTarget {
             deployment: deployment.to_string(),
             opts: opts.clone(),
             identity: SshIdentity::generate()?,
-            releases: Mutex::new(HashMap::new()),
             manifest: tokio::sync::OnceCell::new(),
             set_up: Mutex::new(Vec::new()),
             session: tokio::sync::OnceCell::new(),
@@ -640,7 +641,6 @@ impl DeploymentTarget {
         let releases = releases_from_manifest(manifest).with_context(|| format!("deployment '{d}'"))?;
         let one_restore_all = backup_one_restore_all_from_manifest(manifest).with_context(|| format!("deployment '{d}'"))?;
         let mut bootstrap = Vec::new();
-        *self.releases.lock().map_err(|_| anyhow!("poisoned"))? = releases;
         let mut groups: Vec<String> = Vec::new();
         for vm in &vms {
             if !groups.contains(&vm.job_name) {
@@ -672,7 +672,7 @@ impl DeploymentTarget {
                 instances.push(Arc::new(ShellInstance::new(id, Box::new(SshTransport::new(cfg)))));
             }
         }
-        Ok(Session { instances, one_restore_all, bootstrap })
+        Ok(Session { instances, releases, one_restore_all, bootstrap })
     }
 }
 
@@ -692,7 +692,7 @@ impl Target for DeploymentTarget {
     }
 
     fn release_of(&self, group: &str, job: &str) -> Option<String> {
-        self.releases.lock().ok()?.get(&(group.to_string(), job.to_string())).cloned()
+        self.session.get()?.releases.get(&(group.to_string(), job.to_string())).cloned()
     }
 
     fn backup_one_restore_all(&self, group: &str, job: &str) -> bool {
