@@ -7,7 +7,7 @@ mod s3_support;
 
 use assert_cmd::Command;
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, TimeZone, Utc};
-use lockstep::artifact::marker::{CommitMarker, PLAIN_FORMAT_VERSION};
+use lockstep::artifact::marker::CommitMarker;
 use lockstep::artifact::stored::{self, ArtifactWriter};
 use lockstep::artifact::{artifact_name, BackupMetadata};
 use lockstep::retention::{self, decide, Candidate, Policy};
@@ -170,24 +170,7 @@ impl<S: Store> Store for Recording<S> {
 async fn committed_artifact(store: &dyn Store, name: &str) {
     let w = ArtifactWriter::new(store, name);
     w.put("web-0-nginx.tar", b"tar bytes").await.unwrap();
-    let marker = CommitMarker {
-        format_version: PLAIN_FORMAT_VERSION,
-        tool_version: "test".into(),
-        deployment: name.rsplit_once('_').unwrap().0.into(),
-        artifact: name.into(),
-        started_at: String::new(),
-        finished_at: String::new(),
-        lock_free: false,
-        objects: BTreeMap::new(),
-        phases: BTreeMap::new(),
-        lock_window_seconds: None,
-        warnings: vec![],
-        origin: BTreeMap::new(),
-        taken_from: None,
-        compression: "none".into(),
-        encrypted: false,
-        encryption: None,
-    };
+    let marker = CommitMarker::new(name.rsplit_once('_').unwrap().0, name);
     w.commit(&BackupMetadata::default(), marker).await.unwrap();
 }
 

@@ -205,21 +205,9 @@ async fn artifacts_exist_only_once_committed(f: &Fixture) {
     assert!(stored::open(store, name, false).await.is_err());
     let marker = CommitMarker {
         format_version: FORMAT_VERSION,
-        tool_version: "test".into(),
-        deployment: "cf".into(),
-        artifact: name.into(),
         started_at: "2024-01-02T03:04:05Z".into(),
         finished_at: "2024-01-02T03:05:05Z".into(),
-        lock_free: false,
-        objects: BTreeMap::new(),
-        phases: BTreeMap::new(),
-        lock_window_seconds: None,
-        warnings: vec![],
-        origin: BTreeMap::new(),
-        taken_from: None,
-        compression: "none".into(),
-        encrypted: false,
-        encryption: None,
+        ..CommitMarker::new("cf", name)
     };
     w.commit(&BackupMetadata::default(), marker).await.unwrap();
     assert_eq!(stored::list(store).await.unwrap(), vec![name.to_string()]);

@@ -69,6 +69,29 @@ pub struct StoredObject {
 }
 
 impl CommitMarker {
+    /// The marker of a plain artifact with nothing recorded yet: the caller fills in the
+    /// times, objects and the rest (and [`set_codec`](Self::set_codec)).
+    pub fn new(deployment: &str, artifact: &str) -> Self {
+        CommitMarker {
+            format_version: PLAIN_FORMAT_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            deployment: deployment.to_string(),
+            artifact: artifact.to_string(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            lock_free: false,
+            objects: BTreeMap::new(),
+            phases: BTreeMap::new(),
+            lock_window_seconds: None,
+            warnings: Vec::new(),
+            origin: BTreeMap::new(),
+            taken_from: None,
+            compression: default_compression(),
+            encrypted: false,
+            encryption: None,
+        }
+    }
+
     pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
         let mut v = serde_json::to_vec_pretty(self).context("serialising lockstep.json")?;
         v.push(b'\n');
@@ -116,22 +139,14 @@ mod tests {
         CommitMarker {
             format_version: FORMAT_VERSION,
             tool_version: "0.1.0".into(),
-            deployment: "cf".into(),
-            artifact: "cf_20240102T030405Z".into(),
             started_at: "2024-01-02T03:04:05Z".into(),
             finished_at: "2024-01-02T03:05:05Z".into(),
-            lock_free: false,
             objects: [("web-0-nginx.tar".to_string(), StoredObject { size: 10240, sha256: "ab".repeat(32) })]
                 .into_iter()
                 .collect(),
             phases: [("lock".to_string(), 0.5)].into_iter().collect(),
             lock_window_seconds: Some(1.25),
-            warnings: vec![],
-            origin: BTreeMap::new(),
-            taken_from: None,
-            compression: "none".into(),
-            encrypted: false,
-            encryption: None,
+            ..CommitMarker::new("cf", "cf_20240102T030405Z")
         }
     }
 

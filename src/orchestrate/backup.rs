@@ -8,7 +8,7 @@
 use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
-use crate::artifact::marker::{CommitMarker, StoredObject, FORMAT_VERSION};
+use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
 use crate::artifact::tar_hash::HashingWriter;
 use crate::artifact::{artifact_name, bbr_time, BackupMetadata};
@@ -260,22 +260,15 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             ctx.warn(w);
         }
         let mut marker = CommitMarker {
-            format_version: FORMAT_VERSION,
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            deployment: dep.name.clone(),
-            artifact: name.clone(),
             started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             lock_free: opts.unsafe_lock_free,
-            objects: BTreeMap::new(),
             phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
             lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
             warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
             origin: opts.origin.clone(),
             taken_from: target.location(),
-            compression: String::new(),
-            encrypted: false,
-            encryption: None,
+            ..CommitMarker::new(&dep.name, &name)
         };
         marker.set_codec(&opts.codec);
         let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
