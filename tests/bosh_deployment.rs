@@ -602,6 +602,14 @@ fn bosh_all_proxy_reaches_a_director_behind_a_jumpbox() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("bosh director unreachable") && err.contains(FLEET_ONLY_HOST), "{err}");
     assert!(d.calls().is_empty(), "{:?}", d.calls());
+    // Through a proxy that is down, the error says which proxy and why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("socks5://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let (code, err) = run(via(Some(&down)).arg("pre-backup-check"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bosh director unreachable") && err.contains("through the SOCKS5 proxy 127.0.0.1"), "{err}");
+    assert!(err.contains("Connection refused") || err.contains("connection refused"), "{err}");
 
     // ssh+socks5://: lockstep opens the tunnel through vm0 itself.
     let key = fleet.key(KeyKind::Ed25519).private;
