@@ -670,3 +670,39 @@ fn uaa_tokens_are_renewed_during_a_long_backup() {
         assert!(d.unexpected().is_empty(), "{case}: {:?}", d.unexpected());
     }
 }
+
+/// What a run killed on the jumpbox leaves behind: `/var/vcap/store/bbr-backup` on a VM.
+/// backup refuses it (exit 1, as bbr) and names the cleanup; backup-cleanup and
+/// restore-cleanup through the director run the owed unlocks, remove it, and clean up their
+/// own SSH users; then backup works again.
+#[test]
+fn cleanup_commands_after_an_interrupted_run() {
+    let Some((fleet, d, tmp)) = setup("cleanup_commands_after_an_interrupted_run") else { return };
+    for vm in &fleet.vms {
+        vm.install_script("store", "post-restore-unlock", "#!/bin/sh\ntouch /var/vcap/store/restore-unlocked\n");
+        vm.install_script("store", "post-backup-unlock", "#!/bin/sh\ntouch /var/vcap/store/backup-unlocked\n");
+    }
+    let leftover = |vm: usize| fleet.vms[vm].host_path("/var/vcap/store/bbr-backup");
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+
+    for (cleanup, marker) in [("backup-cleanup", "backup-unlocked"), ("restore-cleanup", "restore-unlocked")] {
+        fs::create_dir_all(leftover(1).join("store")).unwrap();
+        let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("already exists on instance db/0"), "{err}");
+        assert!(err.contains(&format!("lockstep deployment --target {} --deployment cf ... backup-cleanup", d.url)), "{err}");
+        assert!(leftover(1).exists(), "backup must leave a directory it did not create alone");
+
+        let (code, err) = run(deployment(&d, "cf").arg(cleanup));
+        assert_eq!(code, 0, "{cleanup}: {err}");
+        assert!(!leftover(1).exists(), "{cleanup} left {}", leftover(1).display());
+        for vm in [1, 2] {
+            assert!(fleet.vms[vm].host_path(&format!("/var/vcap/store/{marker}")).exists(), "{cleanup} did not unlock vm{vm}");
+        }
+        assert_cleaned_up(&fleet, &d);
+    }
+    let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
+    assert_eq!(code, 0, "{err}");
+    assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
+}
