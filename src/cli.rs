@@ -832,15 +832,35 @@ async fn run_all_deployments(
     }
     println!("[{}] Pending: {}", now(), names.join(", "));
     let tree = format!("lockstep deployment --target {} --all-deployments ...", args.target);
-    let (tree, now) = (&tree, &now);
+    let log_dir = match &args.action {
+        Action::Backup { artifact_path: Some(dir), .. } => dir.clone(),
+        _ => PathBuf::from("."),
+    };
+    let (tree, now, log_dir) = (&tree, &now, &log_dir);
     let codes = crate::orchestrate::bounded(ALL_DEPLOYMENTS_IN_FLIGHT, &names, |name| async move {
         if ctx.cancelled() {
             println!("[{}] Not starting {verb} of {name}: cancelled", now());
             return 1;
         }
-        println!("[{}] Starting {verb} of {name}", now());
+        // As bbr: every deployment's log also goes to <artifact path or .>/<name>_<time>.log.
+        let log_path = log_dir.join(format!("{}.log", crate::artifact::artifact_name(name, chrono::Utc::now())));
+        let file: Option<Arc<dyn crate::events::EventSink>> = match std::fs::File::create(&log_path) {
+            Ok(f) => {
+                println!("[{}] Starting {verb} of {name}, log file: {}", now(), log_path.display());
+                Some(Arc::new(crate::report::LogReporter::new(f, false)))
+            }
+            Err(e) => {
+                println!("[{}] Starting {verb} of {name} (no log file: {}: {e})", now(), log_path.display());
+                None
+            }
+        };
         // Each deployment's lines carry its name: several run at once.
-        let mut one = Ctx::new(Arc::new(crate::events::Labelled { inner: ctx.events.clone(), label: name.clone() }));
+        let labelled: Arc<dyn crate::events::EventSink> = Arc::new(crate::events::Labelled { inner: ctx.events.clone(), label: name.clone() });
+        let sink = match file {
+            Some(f) => Arc::new(crate::events::Tee(vec![labelled, f])) as Arc<dyn crate::events::EventSink>,
+            None => labelled,
+        };
+        let mut one = Ctx::new(sink);
         one.cancel = ctx.cancel.clone();
         one.max_in_flight = ctx.max_in_flight;
         one.bbr_version = ctx.bbr_version.clone();
@@ -982,14 +1002,23 @@ fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_cmd: &str) 
             ));
         }
     }
-    // One write, so that the block of one deployment is not cut by another's lines.
-    eprint!("{}", crate::report::labelled(ctx.label.as_deref(), &text));
+    report_block(ctx, &text);
     failures.exit_code()
 }
 
 /// Prints an error of the run `ctx` is for.
 fn print_error(ctx: &Ctx, e: &anyhow::Error) {
-    eprint!("{}", crate::report::labelled(ctx.label.as_deref(), &format!("error: {e:#}\n")));
+    report_block(ctx, &format!("error: {e:#}\n"));
+}
+
+/// A run's closing text: on stderr as it is, or, for one of several deployments, as one
+/// event (labelled on every line, and in that deployment's log file too).
+fn report_block(ctx: &Ctx, text: &str) {
+    match &ctx.label {
+        None => eprint!("{text}"),
+        Some(_) if text.trim().is_empty() => {}
+        Some(_) => ctx.info(text.trim_end()),
+    }
 }
 
 /// Concourse build variables, when running in a build, so an artifact can be traced.

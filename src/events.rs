@@ -74,6 +74,17 @@ impl EventSink for Labelled {
     }
 }
 
+/// Passes every event to each of several sinks (the log, and a deployment's log file).
+pub struct Tee(pub Vec<std::sync::Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, event: Event) {
+        for sink in &self.0 {
+            sink.emit(event.clone());
+        }
+    }
+}
+
 /// Discards events.
 pub struct NoEvents;
 impl EventSink for NoEvents {

@@ -373,9 +373,12 @@ fn all_deployments_with_one_failing() {
     let d = Director::start(AuthMode::Uaa { client: CLIENT.into(), secret: SECRET.into() }, deps, fleet.dir().join("authorized_keys"));
     fleet.vms[2].install_script("store", "backup", "#!/bin/sh\necho 'zeta disk on fire' >&2\nexit 1\n");
     let tmp = TempDir::new().unwrap();
+    // Without --artifact-path, the per-deployment log files go to the working directory.
+    let cwd_dir = TempDir::new().unwrap();
+    let cwd = cwd_dir.path();
 
     // pre-backup-check: both can be backed up.
-    let (code, out) = run(all_deployments(&d).arg("pre-backup-check"));
+    let (code, out) = run(all_deployments(&d).current_dir(cwd).arg("pre-backup-check"));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Pending: cf, zeta"), "{out}");
     assert!(out.contains("Can be backed up: cf, zeta"), "{out}");
@@ -393,6 +396,25 @@ fn all_deployments_with_one_failing() {
     assert!(out.lines().any(|l| l.contains("[cf] ") && l.contains("Backup created of cf")), "{out}");
     // zeta was locked while cf's locker (2 s) still held its lock: they ran at once.
     assert!(nanos(&fleet, 2, "lock-start") < nanos(&fleet, 0, "lock-end"), "the deployments ran one after the other");
+    // As bbr, one log file per deployment beside the artifacts, named on stdout; each
+    // holds that deployment's lines only, its failure included.
+    let logs = |dir: &Path, prefix: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix) && p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        v.sort();
+        v
+    };
+    let (cf_log, zeta_log) = (logs(tmp.path(), "cf_"), logs(tmp.path(), "zeta_"));
+    assert_eq!((cf_log.len(), zeta_log.len()), (1, 1), "{out}");
+    assert!(out.contains(&format!("Starting backup of zeta, log file: {}", zeta_log[0].display())), "{out}");
+    let zeta_text = fs::read_to_string(&zeta_log[0]).unwrap();
+    assert!(zeta_text.contains("zeta disk on fire") && zeta_text.contains("1 error occurred"), "{zeta_text}");
+    assert!(!zeta_text.contains("api/0") && !zeta_text.contains("db/0"), "cf's lines in zeta's log:\n{zeta_text}");
+    assert!(!zeta_text.contains("[zeta]"), "the file needs no label:\n{zeta_text}");
+    assert!(fs::read_to_string(&cf_log[0]).unwrap().contains("Backup created of cf"));
     let artifact = only_artifact(tmp.path());
     assert!(artifact.file_name().unwrap().to_string_lossy().starts_with("cf_"), "{}", artifact.display());
     for t in ["api-0-locker.tar", "db-0-store.tar"] {
@@ -428,8 +450,9 @@ fn all_deployments_with_one_failing() {
     assert!(d.unexpected().is_empty(), "{:?}", d.unexpected());
 
     // backup-cleanup over every deployment.
-    let (code, out) = run(all_deployments(&d).arg("backup-cleanup"));
+    let (code, out) = run(all_deployments(&d).current_dir(cwd).arg("backup-cleanup"));
     assert_eq!(code, 0, "{out}");
+    assert_eq!(logs(cwd, "cf_").len() + logs(cwd, "zeta_").len(), 4, "pre-backup-check and backup-cleanup logs in the working directory");
     assert!(out.contains("Successfully cleaned up: cf, zeta"), "{out}");
     assert_cleaned_up(&fleet, &d);
 
