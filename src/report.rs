@@ -72,7 +72,7 @@ pub fn render(event: &Event, debug: bool) -> Option<String> {
         }
         Event::Cancelling => "Stop requested: finishing owed unlocks and cleanup (send the signal again to exit now)".into(),
         // Every line of a multi-line message (a script's stderr), so none is anonymous.
-        Event::Labelled { label, event } => labelled(Some(label), &render(event, debug)?).trim_end_matches('\n').to_string(),
+        Event::Labelled { label, event } => label_lines(label, &render(event, debug)?).trim_end_matches('\n').to_string(),
     })
 }
 
@@ -87,12 +87,9 @@ impl<W: Write + Send> EventSink for LogReporter<W> {
     }
 }
 
-/// `text` with `[label] ` before each line, or as it is without a label.
-pub fn labelled(label: Option<&str>, text: &str) -> String {
-    match label {
-        None => text.to_string(),
-        Some(l) => text.lines().map(|line| format!("[{l}] {line}\n")).collect(),
-    }
+/// `text` with `[label] ` before each line.
+fn label_lines(label: &str, text: &str) -> String {
+    text.lines().map(|line| format!("[{label}] {line}\n")).collect()
 }
 
 /// The timings table printed at the end of a run.
@@ -135,8 +132,7 @@ mod tests {
         assert_eq!(render(&e, false).unwrap(), "[cf] WARNING: first\n[cf] second");
         let debug = Event::Labelled { label: "cf".into(), event: Box::new(Event::Debug("x".into())) };
         assert_eq!(render(&debug, false), None, "debug stays hidden without --debug");
-        assert_eq!(labelled(None, "a\nb\n"), "a\nb\n");
-        assert_eq!(labelled(Some("z"), "a\nb\n"), "[z] a\n[z] b\n");
+        assert_eq!(label_lines("z", "a\nb\n"), "[z] a\n[z] b\n");
     }
 
     #[test]
