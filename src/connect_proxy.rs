@@ -49,7 +49,7 @@ impl ConnectProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let (proxy, auth, errors) = (proxy.clone(), auth.clone(), errors.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(client, &proxy, &auth, connect_timeout).await {
+                    if let Err(e) = serve(client, &proxy, &auth, connect_timeout, &errors).await {
                         *errors.lock().unwrap() = Some(format!("{e:#}"));
                     }
                 });
@@ -75,8 +75,16 @@ fn random_bytes() -> anyhow::Result<[u8; 24]> {
     Ok(buf)
 }
 
-/// One client connection: a `CONNECT` head, then bytes both ways.
-async fn serve(mut client: TcpStream, proxy: &Proxy, authorization: &str, connect_timeout: Duration) -> anyhow::Result<()> {
+/// One client connection: a `CONNECT` head, then bytes both ways. Why a tunnel could not
+/// be opened goes into `errors` before the client hears of it, so the failed request can
+/// be explained.
+async fn serve(
+    mut client: TcpStream,
+    proxy: &Proxy,
+    authorization: &str,
+    connect_timeout: Duration,
+    errors: &Mutex<Option<String>>,
+) -> anyhow::Result<()> {
     let head = read_head(&mut client).await?;
     let (target, authorized) = parse_connect(&head, authorization)?;
     if !authorized {
@@ -87,8 +95,10 @@ async fn serve(mut client: TcpStream, proxy: &Proxy, authorization: &str, connec
     let mut upstream = match ProxyStream::open(proxy, &host, port, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
+            let e = e.context(format!("reaching {target} through the {}", proxy.describe()));
+            *errors.lock().unwrap() = Some(format!("{e:#}"));
             let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").await;
-            return Err(e.context(format!("reaching {target} through the {}", proxy.describe())));
+            return Err(e);
         }
     };
     client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
