@@ -488,19 +488,27 @@ fn create_user(user: &str, key_line: &str, authorized_keys: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(ok, "useradd {user} failed");
-    let sudoers = format!("/etc/sudoers.d/lockstep-{user}");
-    std::fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
-    std::fs::set_permissions(&sudoers, std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+    replace_file(Path::new(&format!("/etc/sudoers.d/lockstep-{user}")), &format!("{user} ALL=(ALL) NOPASSWD: ALL\n"), 0o440);
     let mut all = std::fs::read_to_string(authorized_keys).unwrap();
     all.push_str(key_line);
     all.push('\n');
-    std::fs::write(authorized_keys, all).unwrap();
+    replace_file(authorized_keys, &all, 0o644);
+}
+
+/// Replaces `path` in one step (a temporary file renamed over it): deployments run in
+/// parallel, and an sshd or sudo reading a file half rewritten for another deployment's
+/// user would refuse a login that should work. (sudo skips names with a dot.)
+fn replace_file(path: &Path, content: &str, mode: u32) {
+    let tmp = path.with_file_name(format!("{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn remove_user(user: &str, authorized_keys: &Path) {
     if let Ok(all) = std::fs::read_to_string(authorized_keys) {
         let kept: String = all.lines().filter(|l| !l.ends_with(&format!(" {user}"))).map(|l| format!("{l}\n")).collect();
-        let _ = std::fs::write(authorized_keys, kept);
+        replace_file(authorized_keys, &kept, 0o644);
     }
     let _ = std::fs::remove_file(format!("/etc/sudoers.d/lockstep-{user}"));
     for _ in 0..20 {
