@@ -31,8 +31,8 @@ mod s3_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use lockstep::codec::{Codec, Compression};
-use lockstep::demo::create_deployment;
+use lockstep::store::codec::{Codec, Compression};
+use lockstep::frontend::demo::create_deployment;
 use lockstep::events::NoEvents;
 use lockstep::orchestrate::backup::{backup, BackupOptions};
 use lockstep::orchestrate::Ctx;
@@ -110,7 +110,7 @@ impl Source {
             )),
             Source::Fleet { fleet } => {
                 let inv = fleet.inventory("cf", &[("api", 0, 0), ("blobstore", 0, 1), ("db", 0, 2)], "vcap");
-                Box::new(lockstep::hosts::HostsTarget::from_yaml(&inv, &lockstep::hosts::SshOptions::from_env()).unwrap())
+                Box::new(lockstep::target::HostsTarget::from_yaml(&inv, &lockstep::target::SshOptions::from_env()).unwrap())
             }
         }
     }
@@ -256,7 +256,7 @@ fn lockstep_run(rt: &tokio::runtime::Runtime, source: &Source, server: &S3sFs, n
 }
 
 fn human(n: u64) -> String {
-    lockstep::report::human_bytes(n)
+    lockstep::frontend::report::human_bytes(n)
 }
 
 fn main() {

@@ -26,8 +26,8 @@
 //! Errors name the bad key and list the allowed ones. Nothing here prints a secret: the
 //! types holding them implement `Debug` by hand.
 
-use crate::codec::{Codec, Compression, Identities};
-use crate::hosts::{HostsTarget, Inventory, SshOptions};
+use crate::store::codec::{Codec, Compression, Identities};
+use crate::target::{HostsTarget, Inventory, SshOptions};
 use crate::model::InstanceId;
 use crate::retention::Policy;
 use crate::store::local::LocalStore;
@@ -138,7 +138,7 @@ fn flag(v: &Value, at: &str) -> anyhow::Result<bool> {
 }
 
 fn duration(v: &Value, at: &str) -> anyhow::Result<Duration> {
-    crate::retention::parse_duration(&string(v, at)?).with_context(|| at.to_string())
+    parse_duration(&string(v, at)?).with_context(|| at.to_string())
 }
 
 impl StoreConfig {
@@ -232,7 +232,7 @@ impl TargetConfig {
                     string(d.get(k).ok_or_else(|| anyhow!("target.director: missing `{k}`"))?, &format!("target.director.{k}"))
                 };
                 let host = get("host")?;
-                let name = crate::hosts::deployment_name_from_address(&host);
+                let name = crate::target::deployment_name_from_address(&host);
                 let mut instance = serde_json::json!({
                     "group": "bosh", "index": 0, "address": host,
                     "username": get("username")?, "private_key": get("private_key")?,
@@ -312,7 +312,7 @@ impl Config {
                 if list.iter().any(|r| !r.starts_with("age1")) {
                     bail!("encryption.recipients: each must be an age X25519 recipient (age1...)");
                 }
-                recipients = crate::codec::parse_recipients(&list).context("encryption.recipients")?;
+                recipients = crate::store::codec::parse_recipients(&list).context("encryption.recipients")?;
             }
             if let Some(i) = e.get("identity") {
                 identity = Some(string(i, "encryption.identity")?);
@@ -371,9 +371,9 @@ impl Config {
             }
             TargetConfig::Local { name, instances } => Ok(Box::new(LocalTarget::new(name.clone(), instances.clone()))),
             TargetConfig::Deployment { environment, client, client_secret, ca_cert, deployment } => {
-                let ca = ca_cert.as_deref().map(crate::bosh::read_ca_cert).transpose().context("target.deployment.ca_cert")?;
-                let director = crate::bosh::DirectorClient::connect(environment, client, client_secret, ca.as_deref(), self.ssh.gateway.as_ref()).await?;
-                Ok(Box::new(crate::bosh::DeploymentTarget::new(director, deployment, &self.ssh)?))
+                let ca = ca_cert.as_deref().map(crate::target::bosh::read_ca_cert).transpose().context("target.deployment.ca_cert")?;
+                let director = crate::target::bosh::DirectorClient::connect(environment, client, client_secret, ca.as_deref(), self.ssh.gateway.as_ref()).await?;
+                Ok(Box::new(crate::target::bosh::DeploymentTarget::new(director, deployment, &self.ssh)?))
             }
         }
     }
@@ -426,6 +426,17 @@ fn parse_policy(v: &Value) -> anyhow::Result<Policy> {
     p.validate().context("retention")?;
     Ok(p)
 }
+
+/// Parses `30s`, `5m`, `2h`, `1h30m`, `250ms`, `7d`, `2w` or a plain number of seconds:
+/// the one duration syntax of every flag and configuration key.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(t).map_err(|e| anyhow!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 1h30m, 250ms, 7d or 2w ({e})"))
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -529,5 +540,17 @@ mod tests {
         assert!(c.open_store().is_ok());
         let e = err(r#"{"store": {"path": "/a", "replicas": [{"path": "/b", "replicas": []}]}}"#);
         assert!(e.contains("cannot have replicas"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
+        for bad in ["", "s", "10x", "-1s", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Typed events emitted by the orchestration. The orchestration never prints: reporters
-//! (see [`crate::report`]) turn events into log lines, progress or JSON.
+//! (see [`crate::frontend::report`]) turn events into log lines, progress or JSON.
 
 use crate::model::{InstanceId, ScriptKind};
 use std::time::Duration;

@@ -22,31 +22,28 @@
 //! through the tar hasher into a store object, and the checksums computed on the way are
 //! compared with the instance's own before the object is committed.
 
-pub mod artifact;
-pub mod bosh;
-pub mod cli;
-pub mod concourse;
-pub mod config;
-pub mod connect_proxy;
-pub mod codec;
-pub mod demo;
-pub mod events;
-pub mod hosts;
-pub mod instance;
+// The domain: pure types and rules.
 pub mod lock_order;
-pub mod metered;
 pub mod model;
+
+// The workflows, and the events they emit instead of printing.
+pub mod events;
 pub mod orchestrate;
-pub mod pipeline_check;
-pub mod remote_sums;
-pub mod report;
-pub mod retention;
-pub mod service;
-pub mod shell;
+
+// The edges the workflows are written against (traits), with their implementations.
+pub mod artifact;
+pub mod instance;
 pub mod store;
 pub mod target;
-pub mod testkit;
 pub mod transport;
+
+// Policy and composition over the edges.
+pub mod config;
+pub mod retention;
+pub mod service;
+
+// The front ends: the CLI, the Concourse resource, reporting, the validator, the demo.
+pub mod frontend;
 
 /// Called first by every binary. Multipart part buffers (16 MiB) come from mmap and go back
 /// to the system when freed; otherwise glibc's growing mmap threshold keeps freed parts in

@@ -326,9 +326,6 @@ pub async fn execute(store: &dyn Store, plan: &Plan) -> Pruned {
     out
 }
 
-/// Parses `1h`, `30m`, `7d`, `2w`, `1h30m` (humantime's syntax).
-pub use crate::hosts::parse_duration;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +375,5 @@ mod tests {
         assert_eq!(deleted, vec!["cf_20240301T000000Z"]);
         assert!(d[2].kept_by.iter().any(|r| r.starts_with("younger than min-age")), "{:?}", d[2]);
         assert!(Policy::default().validate().is_err());
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::artifact::stored::{self, StoredArtifact};
 use crate::artifact::{parse_artifact_name, CommitMarker};
-use crate::codec::Codec;
+use crate::store::codec::Codec;
 use crate::config::Config;
 use crate::model::Direction;
 use crate::orchestrate::backup::{backup, BackupOptions, BackupOutcome};
@@ -48,7 +48,7 @@ pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str, drill: bool
 /// Restores a local artifact directory (fetched by `get`, or made by bbr).
 pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path, drill: bool) -> anyhow::Result<RestoreOutcome> {
     let target = cfg.open_target().await?;
-    let (store, name) = crate::cli::split_artifact_path(dir)?;
+    let (store, name) = crate::frontend::cli::split_artifact_path(dir)?;
     let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()?, drill };
     let mut out = restore_with(ctx, target.as_ref(), &store, &name, &opts).await;
     release(target.as_ref(), &mut out.failures).await;

@@ -2,7 +2,7 @@
 //! types, what they see, what lands on disk, and what a signal does.
 
 use assert_cmd::Command;
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::model::InstanceId;
 use predicates::prelude::*;
 use std::fs;

@@ -5,7 +5,7 @@
 mod s3_support;
 mod support;
 
-use lockstep::demo::create_deployment;
+use lockstep::frontend::demo::create_deployment;
 use s3_support::{missing, S3sFs, ACCESS_KEY, REGION};
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 //!   without credentials), and the artifact says `lock_free: true`.
 //!
 //! Both run over the sshd test fleet (tests/support/fleet.rs: each instance a real sshd in its
-//! own mount namespace with its own /var/vcap, reached by `lockstep::hosts::HostsTarget` as
+//! own mount namespace with its own /var/vcap, reached by `lockstep::target::HostsTarget` as
 //! `vcap` through sudo); the locked run also runs (5 backups) over local directories standing
 //! in for `/` (lockstep's local transport). Needs PostgreSQL and the Python venv (`ci/setup`),
 //! and root for the fleet; skips without them unless LOCKSTEP_REQUIRE_SERVERS=1.
@@ -29,7 +29,7 @@ mod support;
 
 use lockstep::artifact::marker::CommitMarker;
 use lockstep::events::{Event, Recorder};
-use lockstep::hosts::{HostsTarget, SshOptions};
+use lockstep::target::{HostsTarget, SshOptions};
 use lockstep::model::ScriptKind;
 use lockstep::orchestrate::backup::{backup, BackupOptions};
 use lockstep::orchestrate::restore::restore;

@@ -1,11 +1,11 @@
 //! bbr's backup and restore workflow failure matrix, over real scripts on local
-//! instances wrapped in a fault-injecting instance (`lockstep::testkit`).
+//! instances wrapped in a fault-injecting instance (`testkit`).
 //!
 //! The demo deployment: `api/0` (job cloud_controller, locked before the stores),
 //! `blobstore/0` (blobstore) and `db/0` (postgres). Lock levels: [cc], [blobstore, postgres].
 
 use lockstep::artifact::stored;
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::events::Recorder;
 use lockstep::instance::{InstanceRef, ShellInstance};
 use lockstep::model::{Direction, InstanceId, ScriptKind};
@@ -16,7 +16,8 @@ use lockstep::orchestrate::restore::{restore, RestoreOutcome};
 use lockstep::orchestrate::{Ctx, FailureKind};
 use lockstep::store::local::LocalStore;
 use lockstep::target::FixedTarget;
-use lockstep::testkit::{Action, Faults, FaultyInstance, Match, Op};
+mod testkit;
+use testkit::{Action, Faults, FaultyInstance, Match, Op};
 use lockstep::transport::local::LocalTransport;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

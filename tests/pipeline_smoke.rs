@@ -8,13 +8,13 @@
 //! flow from job to job.
 //!
 //! The configuration each pipeline writes once (its anchors) is replaced, wherever it is
-//! used, by one for a local target (directories made by `lockstep::demo::create_deployment`)
+//! used, by one for a local target (directories made by `lockstep::frontend::demo::create_deployment`)
 //! and a local-directory store, so no server is needed. The same runner can drive the
 //! pipelines against the sshd fleet and an S3 server by giving it those configurations.
 
 mod pipeline_support;
 
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::model::InstanceId;
 use pipeline_support::{interpolated_pipeline, read, repo, vars_path, yaml};
 use serde_json::{json, Map, Value};

@@ -7,7 +7,7 @@
 mod pipeline_support;
 
 use lockstep::config::Config;
-use lockstep::pipeline_check::{check_pipeline_file, check_task_config, Report, LOCKSTEP_TASKS};
+use lockstep::frontend::pipeline_check::{check_pipeline_file, check_task_config, Report, LOCKSTEP_TASKS};
 use pipeline_support::{interpolate, pipeline_path, read, repo, vars_path, yaml};
 use serde_json::Value;
 use std::collections::BTreeSet;

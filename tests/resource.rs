@@ -6,7 +6,7 @@
 mod s3_support;
 mod support;
 
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use s3_support::{find_bin, missing, S3sFs, ACCESS_KEY, REGION};
 use serde_json::{json, Value};
 use std::fs;

@@ -6,7 +6,7 @@
 mod s3_support;
 
 use assert_cmd::Command;
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::model::InstanceId;
 use predicates::prelude::*;
 use s3_support::{find_bin, missing, S3sFs};

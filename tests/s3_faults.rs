@@ -8,7 +8,7 @@ mod s3_support;
 
 use assert_cmd::Command;
 use lockstep::artifact::stored;
-use lockstep::demo::create_deployment;
+use lockstep::frontend::demo::create_deployment;
 use lockstep::model::InstanceId;
 use lockstep::store::s3::S3Store;
 use lockstep::store::{self, Store};

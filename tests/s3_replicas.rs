@@ -4,12 +4,13 @@
 //! `--min-stores` allows fewer copies, and then says which copy is missing.
 
 mod s3_support;
+mod testkit;
 
 use assert_cmd::Command;
 use async_trait::async_trait;
 use lockstep::artifact::stored;
-use lockstep::codec::{Codec, Compression};
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::store::codec::{Codec, Compression};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::events::NoEvents;
 use lockstep::instance::{InstanceRef, ShellInstance};
 use lockstep::model::InstanceId;
@@ -21,7 +22,7 @@ use lockstep::store::replicas::ReplicaStore;
 use lockstep::store::s3::S3Store;
 use lockstep::store::{ObjectInfo, ObjectWriter, Store};
 use lockstep::target::FixedTarget;
-use lockstep::testkit::{Faults, FaultyInstance, Op};
+use testkit::{Faults, FaultyInstance, Op};
 use lockstep::transport::local::LocalTransport;
 use predicates::prelude::*;
 use s3_support::S3sFs;

@@ -4,7 +4,7 @@
 mod support;
 
 use assert_cmd::Command;
-use lockstep::demo::{create_deployment, snapshot};
+use lockstep::frontend::demo::{create_deployment, snapshot};
 use predicates::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};

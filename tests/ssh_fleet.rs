@@ -6,9 +6,9 @@
 mod support;
 
 use lockstep::artifact::stored;
-use lockstep::demo::snapshot;
+use lockstep::frontend::demo::snapshot;
 use lockstep::events::{Event, EventSink, Recorder};
-use lockstep::hosts::{resolve_gateway, DirectorTarget, GatewayFlags, HostsTarget, SshOptions};
+use lockstep::target::{resolve_gateway, DirectorTarget, GatewayFlags, HostsTarget, SshOptions};
 use lockstep::orchestrate::backup::{backup, BackupOptions, BackupOutcome};
 use lockstep::orchestrate::restore::restore;
 use lockstep::orchestrate::{Ctx, FailureKind};

@@ -4,7 +4,7 @@
 
 mod support;
 
-use lockstep::shell::join;
+use lockstep::transport::quote::join;
 use lockstep::transport::local::LocalTransport;
 use lockstep::transport::{exec_capture, Transport};
 use sha2::{Digest, Sha256};

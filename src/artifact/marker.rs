@@ -53,7 +53,7 @@ pub struct CommitMarker {
     pub encrypted: bool,
     /// How: the scheme and the recipients' public keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<crate::codec::EncryptionInfo>,
+    pub encryption: Option<crate::store::codec::EncryptionInfo>,
 }
 
 fn default_compression() -> String {
@@ -115,15 +115,15 @@ impl CommitMarker {
     }
 
     /// The codec of the stored tars.
-    pub fn codec(&self) -> anyhow::Result<crate::codec::Codec> {
+    pub fn codec(&self) -> anyhow::Result<crate::store::codec::Codec> {
         if self.encrypted && self.encryption.is_none() {
             bail!("lockstep.json says the artifact is encrypted but not how");
         }
-        crate::codec::Codec::from_recorded(&self.compression, self.encryption.as_ref())
+        crate::store::codec::Codec::from_recorded(&self.compression, self.encryption.as_ref())
     }
 
     /// Records `codec`, and the format version a reader needs for it.
-    pub fn set_codec(&mut self, codec: &crate::codec::Codec) {
+    pub fn set_codec(&mut self, codec: &crate::store::codec::Codec) {
         self.compression = codec.compression.name().to_string();
         self.encrypted = codec.encrypted();
         self.encryption = codec.encryption_info();
@@ -153,13 +153,13 @@ mod tests {
     #[test]
     fn records_the_codec_and_reads_markers_without_one() {
         let mut m = sample();
-        let codec = crate::codec::Codec { compression: crate::codec::Compression::ZSTD, recipients: vec!["age1abc".into()] };
+        let codec = crate::store::codec::Codec { compression: crate::store::codec::Compression::ZSTD, recipients: vec!["age1abc".into()] };
         m.set_codec(&codec);
         assert_eq!(m.format_version, FORMAT_VERSION);
         let back = CommitMarker::from_json(&m.to_json().unwrap()).unwrap();
         assert_eq!(back.codec().unwrap(), codec);
         assert!(String::from_utf8(m.to_json().unwrap()).unwrap().contains("\"compression\": \"zstd\""));
-        m.set_codec(&crate::codec::Codec::plain());
+        m.set_codec(&crate::store::codec::Codec::plain());
         assert_eq!(m.format_version, PLAIN_FORMAT_VERSION);
         // Written before codecs existed: plain.
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();

@@ -5,8 +5,8 @@ use super::marker::{CommitMarker, StoredObject, MARKER_FILE};
 use super::metadata::{BackupMetadata, METADATA_FILE};
 use super::parse_artifact_name;
 use super::tar_hash::{Checksums, TarHasher};
-use crate::codec::{self, Codec, Identities};
-use crate::metered::MeteredReader;
+use crate::store::codec::{self, Codec, Identities};
+use crate::store::metered::MeteredReader;
 use crate::store::{self, NotFound, ObjectWriter, Store};
 use anyhow::{anyhow, bail, Context};
 use std::collections::BTreeMap;
@@ -295,7 +295,7 @@ pub async fn list(store: &dyn Store) -> anyhow::Result<Vec<String>> {
 /// `dest` holds the artifact whole or not at all). Returns the new marker.
 pub async fn fetch(src: &dyn Store, name: &str, dest: &dyn Store, ids: &Identities) -> anyhow::Result<CommitMarker> {
     use crate::artifact::tar_hash::HashingReader;
-    use crate::metered::MeteredWriter;
+    use crate::store::metered::MeteredWriter;
     use tokio::io::AsyncWriteExt;
 
     let art = open(src, name, false).await?;

@@ -1,5 +1,5 @@
-//! /opt/resource/check: the Concourse resource's `check` (see `lockstep::concourse`).
+//! /opt/resource/check: the Concourse resource's `check` (see `lockstep::frontend::concourse`).
 fn main() {
     lockstep::tune_allocator();
-    std::process::exit(lockstep::concourse::main(lockstep::concourse::Kind::Check));
+    std::process::exit(lockstep::frontend::concourse::main(lockstep::frontend::concourse::Kind::Check));
 }

@@ -1,5 +1,5 @@
-//! /opt/resource/in: the Concourse resource's `in` (see `lockstep::concourse`).
+//! /opt/resource/in: the Concourse resource's `in` (see `lockstep::frontend::concourse`).
 fn main() {
     lockstep::tune_allocator();
-    std::process::exit(lockstep::concourse::main(lockstep::concourse::Kind::In));
+    std::process::exit(lockstep::frontend::concourse::main(lockstep::frontend::concourse::Kind::In));
 }

@@ -3,7 +3,7 @@ use clap::Parser;
 
 fn main() {
     lockstep::tune_allocator();
-    let cli = lockstep::cli::Cli::parse();
+    let cli = lockstep::frontend::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -11,6 +11,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = runtime.block_on(lockstep::cli::run(cli));
+    let code = runtime.block_on(lockstep::frontend::cli::run(cli));
     std::process::exit(code);
 }

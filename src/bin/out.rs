@@ -1,5 +1,5 @@
-//! /opt/resource/out: the Concourse resource's `out` (see `lockstep::concourse`).
+//! /opt/resource/out: the Concourse resource's `out` (see `lockstep::frontend::concourse`).
 fn main() {
     lockstep::tune_allocator();
-    std::process::exit(lockstep::concourse::main(lockstep::concourse::Kind::Out));
+    std::process::exit(lockstep::frontend::concourse::main(lockstep::frontend::concourse::Kind::Out));
 }

@@ -12,10 +12,10 @@ use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
 use crate::artifact::tar_hash::HashingWriter;
 use crate::artifact::{artifact_name, bbr_time, BackupMetadata};
-use crate::codec::{Codec, Counting, Encoder};
+use crate::store::codec::{Codec, Counting, Encoder};
 use crate::events::{Event, Phase};
 use crate::instance::ARTIFACT_ROOT;
-use crate::metered::{percent_steps, MeteredWriter};
+use crate::store::metered::{percent_steps, MeteredWriter};
 use crate::model::{Direction, ScriptKind};
 use crate::store::Store;
 use crate::target::Target;
@@ -243,7 +243,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         if let Some(manifest) = &opts.manifest {
             // The manifest holds the deployment's secrets: encrypted whenever the tars are.
             let stored = if opts.codec.encrypted() {
-                crate::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
+                crate::store::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
             } else {
                 Ok(("manifest.yml", manifest.clone()))
             };

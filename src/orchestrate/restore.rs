@@ -12,7 +12,7 @@ use super::discover::{discover, Deployment};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
 use crate::artifact::tar_hash::HashingReader;
-use crate::codec::{self, Identities};
+use crate::store::codec::{self, Identities};
 use crate::events::{Event, Phase};
 use crate::instance::InstanceRef;
 use crate::model::{Direction, Job, ScriptKind};

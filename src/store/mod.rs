@@ -3,7 +3,9 @@
 //! committed. The store knows nothing of BBR: which objects form a complete artifact is
 //! decided by [`crate::artifact`] (the `lockstep.json` commit marker).
 
+pub mod codec;
 pub mod local;
+pub mod metered;
 pub mod replicas;
 pub mod s3;
 pub mod url;

@@ -4,6 +4,8 @@
 //! commands are built by [`crate::instance::ShellInstance`].
 
 pub mod local;
+pub mod proxy;
+pub mod quote;
 pub mod ssh;
 
 use async_trait::async_trait;

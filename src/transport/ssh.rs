@@ -9,7 +9,7 @@
 //!   `sudo -n sh -c '<wrapper>'` (a stemcell's user has passwordless sudo); root runs
 //!   `sh -c '<wrapper>'`. The wrapper prints its process group on stderr (removed before
 //!   the caller sees stderr) and then becomes `sh -c '<command>'`; everything is quoted
-//!   with [`crate::shell::quote`].
+//!   with [`crate::transport::quote::quote`].
 //! - **Host keys are verified** against a pinned key or a `known_hosts` file; an unknown or
 //!   changed key is refused with the fingerprint and the commands that would trust it.
 //!   Only [`HostKeyPolicy::Insecure`] skips the check, and it says so in
@@ -33,7 +33,7 @@
 //!   [`parse_bosh_all_proxy`] reads bbr's `BOSH_ALL_PROXY` forms.
 
 use super::{ExecStatus, Reader, Transport, Writer};
-use crate::shell::quote;
+use crate::transport::quote::quote;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use russh::client::{self, AuthResult, Handle, Msg};

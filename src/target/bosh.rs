@@ -21,11 +21,11 @@
 //! Secrets (client secret, tokens, the generated private key) are never printed:
 //! [`Secret`]'s `Debug` hides them and no error message includes them.
 
-use crate::hosts::SshOptions;
+use crate::target::SshOptions;
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;
 use crate::target::Target;
-use crate::connect_proxy::ConnectProxy;
+use crate::transport::proxy::ConnectProxy;
 use crate::transport::ssh::{self, parse_address, ClientKey, HostKeyPolicy, Proxy, Secret, SshConfig, SshTransport};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;

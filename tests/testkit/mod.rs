@@ -1,12 +1,14 @@
 //! A fault-injecting [`Instance`] for tests: wraps a real instance, records every
 //! operation in a shared journal, and fails (or requests a stop) on cue. The orchestration
 //! cannot tell it from a real instance, which is the point: every failure path of bbr's
-//! workflows can be exercised against real scripts on real directories.
+//! workflows can be exercised against real scripts on real directories. It lives with the
+//! tests, not in the library: nothing a user runs needs it.
+#![allow(dead_code)]
 
-use crate::artifact::tar_hash::Checksums;
-use crate::instance::{FoundScript, Instance, InstanceRef};
-use crate::model::{InstanceId, ScriptKind};
-use crate::transport::{Reader, Writer};
+use lockstep::artifact::tar_hash::Checksums;
+use lockstep::instance::{FoundScript, Instance, InstanceRef};
+use lockstep::model::{InstanceId, ScriptKind};
+use lockstep::transport::{Reader, Writer};
 use anyhow::anyhow;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};

@@ -11,7 +11,7 @@ use crate::artifact::stored;
 use crate::orchestrate::backup::{backup, BackupOptions};
 use crate::orchestrate::restore::{open_and_verify, restore};
 use crate::orchestrate::Ctx;
-use crate::report::{human_bytes, timings_table};
+use crate::frontend::report::{human_bytes, timings_table};
 use crate::store::local::LocalStore;
 use crate::target::LocalTarget;
 use crate::model::InstanceId;

@@ -1,5 +1,22 @@
 //! Targets: how the instances of a deployment are found. The orchestration asks a target
 //! for its instances and, when it knows them, the releases of jobs (for lock ordering).
+//! Knows instances and how to reach them; knows nothing of the workflows that run on them
+//! or of where artifacts are stored.
+//!
+//! - [`LocalTarget`] (here): directories standing in for instances, for demos and tests.
+//! - [`hosts`]: any set of SSH hosts listed in an inventory.
+//! - [`director`]: bbr's `director` mode, the director VM over SSH.
+//! - [`bosh`]: a BOSH deployment found through the director's API (bbr's `deployment`).
+//! - [`ssh_options`]: the SSH settings the three SSH targets share.
+
+pub mod bosh;
+pub mod director;
+pub mod hosts;
+pub mod ssh_options;
+
+pub use director::{deployment_name_from_address, DirectorTarget};
+pub use hosts::{HostSpec, HostsTarget, Inventory};
+pub use ssh_options::{resolve_gateway, GatewayFlags, SshOptions};
 
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;

@@ -3,7 +3,7 @@
 //! commands (`list`, `verify`, `demo`). Logs go to stderr; exit codes are bbr's bits.
 
 use crate::artifact::stored;
-use crate::codec::{parse_recipients, Codec, Compression, Identities};
+use crate::store::codec::{parse_recipients, Codec, Compression, Identities};
 use crate::events::{Event, EventSink};
 use crate::model::Direction;
 use crate::orchestrate::backup::{backup, BackupOptions};
@@ -12,7 +12,7 @@ use crate::orchestrate::precheck::pre_backup_check;
 use crate::orchestrate::restore::{open_and_verify_with, restore_with, RestoreOptions};
 use crate::retention::{self, Policy};
 use crate::orchestrate::{Ctx, Failures, Timings};
-use crate::report::{human_bytes, timings_table, LogReporter};
+use crate::frontend::report::{human_bytes, timings_table, LogReporter};
 use crate::store::local::LocalStore;
 use crate::store::replicas::ReplicaStore;
 use crate::store::s3::S3Store;
@@ -278,10 +278,10 @@ pub struct SshFlags {
     #[arg(long)]
     pub insecure_skip_host_key_check: bool,
     /// Connect timeout: TCP, SSH handshake and authentication.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::hosts::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
-    #[arg(long, value_name = "DURATION", value_parser = crate::hosts::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub script_timeout: Option<std::time::Duration>,
     /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
     #[arg(long, value_name = "USER@HOST[:PORT]")]
@@ -295,19 +295,19 @@ pub struct SshFlags {
 }
 
 impl SshFlags {
-    fn options(&self) -> anyhow::Result<crate::hosts::SshOptions> {
-        let mut opts = crate::hosts::SshOptions::from_env();
+    fn options(&self) -> anyhow::Result<crate::target::SshOptions> {
+        let mut opts = crate::target::SshOptions::from_env();
         opts.known_hosts_path = self.known_hosts.clone();
         opts.insecure_skip_host_key_check = self.insecure_skip_host_key_check;
         opts.connect_timeout = self.connect_timeout;
         opts.script_timeout = self.script_timeout;
-        let flags = crate::hosts::GatewayFlags {
+        let flags = crate::target::GatewayFlags {
             gateway: self.gateway.clone(),
             private_key_path: self.gateway_private_key_path.clone(),
             host_public_key: self.gateway_host_public_key.clone(),
             bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(),
         };
-        opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+        opts.gateway = crate::target::resolve_gateway(&flags, &opts)?;
         Ok(opts)
     }
 }
@@ -434,7 +434,7 @@ pub struct S3Flags {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    retention::parse_duration(s).map_err(|e| e.to_string())
+    crate::config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Opens one `--store` URL.
@@ -515,7 +515,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         }
         Command::Director(args) => {
             let opts = args.ssh.options()?;
-            let target = crate::hosts::DirectorTarget::new(
+            let target = crate::target::DirectorTarget::new(
                 &args.host,
                 &args.username,
                 &args.private_key_path,
@@ -530,7 +530,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         }
         Command::Hosts(args) => {
             let opts = args.ssh.options()?;
-            let target = crate::hosts::HostsTarget::from_file(&args.inventory, &opts)?;
+            let target = crate::target::HostsTarget::from_file(&args.inventory, &opts)?;
             for w in target.warnings() {
                 ctx.warn(w);
             }
@@ -560,17 +560,17 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
             }
             // CA_CERT (clap's env for --ca-cert) wins over BOSH_CA_CERT.
             let ca = args.ca_cert.clone().or_else(|| std::env::var("BOSH_CA_CERT").ok()).filter(|s| !s.trim().is_empty());
-            let ca = ca.as_deref().map(crate::bosh::read_ca_cert).transpose()?;
-            let mut opts = crate::hosts::SshOptions::from_env();
-            let flags = crate::hosts::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
-            opts.gateway = crate::hosts::resolve_gateway(&flags, &opts)?;
+            let ca = ca.as_deref().map(crate::target::bosh::read_ca_cert).transpose()?;
+            let mut opts = crate::target::SshOptions::from_env();
+            let flags = crate::target::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
+            opts.gateway = crate::target::resolve_gateway(&flags, &opts)?;
             // BOSH_ALL_PROXY carries the director's API calls too, as bosh-cli's.
             let client =
-                crate::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref(), opts.gateway.as_ref()).await?;
+                crate::target::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref(), opts.gateway.as_ref()).await?;
             let Some(deployment) = args.deployment.clone() else {
                 return run_all_deployments(ctx, &client, &opts, &args).await;
             };
-            let target = crate::bosh::DeploymentTarget::new(client, &deployment, &opts)?;
+            let target = crate::target::bosh::DeploymentTarget::new(client, &deployment, &opts)?;
             let tree = format!("lockstep deployment --target {} --deployment {deployment} ...", args.target);
             run_deployment(ctx, &target, &args.action, &tree).await
         }
@@ -658,7 +658,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         }
         Command::Run(args) => run_configured(ctx, args).await,
         Command::ValidatePipeline { file, vars, repo_root } => {
-            let report = crate::pipeline_check::check_pipeline_file(&file, vars.as_deref(), repo_root.as_deref())?;
+            let report = crate::frontend::pipeline_check::check_pipeline_file(&file, vars.as_deref(), repo_root.as_deref())?;
             for w in &report.warnings {
                 eprintln!("WARNING: {w}");
             }
@@ -673,7 +673,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
                 Ok(1)
             }
         }
-        Command::Demo { dir } => crate::demo::run(ctx, dir).await,
+        Command::Demo { dir } => crate::frontend::demo::run(ctx, dir).await,
     }
 }
 
@@ -789,7 +789,7 @@ pub fn split_artifact_path(path: &Path) -> anyhow::Result<(LocalStore, String)> 
 
 /// One BOSH deployment: `--with-manifest` downloads the manifest (before any SSH setup)
 /// and stores it in the artifact.
-async fn run_deployment(ctx: &Ctx, target: &crate::bosh::DeploymentTarget, action: &Action, tree: &str) -> anyhow::Result<i32> {
+async fn run_deployment(ctx: &Ctx, target: &crate::target::bosh::DeploymentTarget, action: &Action, tree: &str) -> anyhow::Result<i32> {
     let manifest = match action {
         Action::Backup { with_manifest: true, .. } => {
             ctx.warn(
@@ -812,8 +812,8 @@ const ALL_DEPLOYMENTS_IN_FLIGHT: usize = 10;
 /// to stdout; the exit code is 1 when any deployment failed, 0 otherwise.
 async fn run_all_deployments(
     ctx: &Ctx,
-    client: &crate::bosh::DirectorClient,
-    opts: &crate::hosts::SshOptions,
+    client: &crate::target::bosh::DirectorClient,
+    opts: &crate::target::SshOptions,
     args: &DeploymentArgs,
 ) -> anyhow::Result<i32> {
     let (verb, done) = match &args.action {
@@ -847,7 +847,7 @@ async fn run_all_deployments(
         let file: Option<Arc<dyn crate::events::EventSink>> = match std::fs::File::create(&log_path) {
             Ok(f) => {
                 println!("[{}] Starting {verb} of {name}, log file: {}", now(), log_path.display());
-                Some(Arc::new(crate::report::LogReporter::new(f, false)))
+                Some(Arc::new(crate::frontend::report::LogReporter::new(f, false)))
             }
             Err(e) => {
                 println!("[{}] Starting {verb} of {name} (no log file: {}: {e})", now(), log_path.display());
@@ -865,7 +865,7 @@ async fn run_all_deployments(
         one.max_in_flight = ctx.max_in_flight;
         one.bbr_version = ctx.bbr_version.clone();
         one.label = Some(name.clone());
-        let code = match crate::bosh::DeploymentTarget::new(client.clone(), name, opts) {
+        let code = match crate::target::bosh::DeploymentTarget::new(client.clone(), name, opts) {
             Ok(target) => run_deployment(&one, &target, &args.action, tree).await,
             Err(e) => Err(e),
         }

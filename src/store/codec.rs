@@ -581,11 +581,11 @@ pub fn decoder(reader: BoxReader, codec: &Codec, ids: &Identities) -> anyhow::Re
 pub struct Counting<W> {
     inner: W,
     bytes: u64,
-    progress: Option<crate::metered::Progress>,
+    progress: Option<crate::store::metered::Progress>,
 }
 
 impl<W> Counting<W> {
-    pub fn new(inner: W, progress: Option<crate::metered::Progress>) -> Self {
+    pub fn new(inner: W, progress: Option<crate::store::metered::Progress>) -> Self {
         Counting { inner, bytes: 0, progress }
     }
     pub fn bytes(&self) -> u64 {

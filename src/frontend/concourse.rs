@@ -18,7 +18,7 @@ use crate::artifact::{CommitMarker, MARKER_FILE, METADATA_FILE};
 use crate::config::Config;
 use crate::events::{Event, EventSink};
 use crate::orchestrate::Ctx;
-use crate::report::{human_bytes, timings_table, LogReporter};
+use crate::frontend::report::{human_bytes, timings_table, LogReporter};
 use crate::service;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Map, Value};
@@ -172,7 +172,7 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
     match action.as_str() {
         "backup" => {
             let lock_free = param_bool(&req.params, "unsafe_lock_free", false)?;
-            let out = service::run_backup(ctx, &req.config, lock_free, crate::cli::build_origin()).await?;
+            let out = service::run_backup(ctx, &req.config, lock_free, crate::frontend::cli::build_origin()).await?;
             eprint!("{}", timings_table(&out.timings));
             service::ensure_ok(&out.failures, "the backup")?;
             let marker = out.marker.ok_or_else(|| anyhow!("the backup committed no artifact"))?;
@@ -248,7 +248,7 @@ pub fn main(kind: Kind) -> i32 {
         let mut ctx = Ctx::new(reporter);
         service::tune(&mut ctx, &req.config);
         if kind == Kind::Out {
-            crate::cli::install_signal_handlers(&ctx);
+            crate::frontend::cli::install_signal_handlers(&ctx);
         }
         match kind {
             Kind::Check => check(&req).await,

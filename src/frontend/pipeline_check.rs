@@ -71,14 +71,14 @@ pub const IMAGE_TASKS_PREFIX: &str = "rootfs/opt/lockstep/";
 /// lockstep's task files as this build knows them (`tasks/<name>`), for pipelines that load
 /// them from the image when the repository is not at hand.
 pub const LOCKSTEP_TASKS: &[(&str, &str)] = &[
-    ("tasks/backup.yml", include_str!("../tasks/backup.yml")),
-    ("tasks/backup-cleanup.yml", include_str!("../tasks/backup-cleanup.yml")),
-    ("tasks/pre-backup-check.yml", include_str!("../tasks/pre-backup-check.yml")),
-    ("tasks/prune.yml", include_str!("../tasks/prune.yml")),
-    ("tasks/restore.yml", include_str!("../tasks/restore.yml")),
-    ("tasks/restore-cleanup.yml", include_str!("../tasks/restore-cleanup.yml")),
-    ("tasks/restore-drill.yml", include_str!("../tasks/restore-drill.yml")),
-    ("tasks/verify.yml", include_str!("../tasks/verify.yml")),
+    ("tasks/backup.yml", include_str!("../../tasks/backup.yml")),
+    ("tasks/backup-cleanup.yml", include_str!("../../tasks/backup-cleanup.yml")),
+    ("tasks/pre-backup-check.yml", include_str!("../../tasks/pre-backup-check.yml")),
+    ("tasks/prune.yml", include_str!("../../tasks/prune.yml")),
+    ("tasks/restore.yml", include_str!("../../tasks/restore.yml")),
+    ("tasks/restore-cleanup.yml", include_str!("../../tasks/restore-cleanup.yml")),
+    ("tasks/restore-drill.yml", include_str!("../../tasks/restore-drill.yml")),
+    ("tasks/verify.yml", include_str!("../../tasks/verify.yml")),
 ];
 
 /// Parses Go's duration syntax (`1h30m`, `24h`, `500ms`).

@@ -1,57 +1,14 @@
-//! The BBR operations on one instance, and their implementation as shell commands over
-//! any [`Transport`]. The orchestration talks only to the [`Instance`] trait, so tests
-//! can wrap a real instance and fail any operation on cue.
+//! [`ShellInstance`]: the BBR operations as shell commands over a transport. Every path and
+//! value that reaches the shell is quoted ([`crate::transport::quote`]).
 
+use super::remote_sums::{checksum_command, parse_checksum_output};
+use super::{FoundScript, Instance, parse_script_path, ARTIFACT_ROOT, JOBS_DIR};
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};
-use crate::remote_sums::{checksum_command, parse_checksum_output};
-use crate::shell::{is_env_name, quote};
+use crate::transport::quote::{is_env_name, quote};
 use crate::transport::{exec_capture, ExecStatus, Reader, Transport, Writer};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
-use std::sync::Arc;
-
-/// Where BBR jobs live and where their artifacts are staged, relative to the instance root.
-pub const JOBS_DIR: &str = "/var/vcap/jobs";
-pub const ARTIFACT_ROOT: &str = "/var/vcap/store/bbr-backup";
-
-/// A BBR script found on an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundScript {
-    pub job: String,
-    pub kind: ScriptKind,
-}
-
-#[async_trait]
-pub trait Instance: Send + Sync {
-    fn id(&self) -> &InstanceId;
-    /// Where the instance is, for messages (`vcap@10.0.0.5:22`).
-    fn address(&self) -> String;
-
-    /// Every `/var/vcap/jobs/<job>/bin/bbr/<script>` with one of the seven names.
-    async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>>;
-    /// Runs a script with extra environment variables; returns its stdout.
-    async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>>;
-    /// The value of `BBR_ARTIFACT_DIRECTORY` for an artifact (with a trailing slash).
-    fn artifact_dir(&self, artifact: &str) -> String;
-    /// Does `/var/vcap/store/bbr-backup` exist?
-    async fn artifact_root_exists(&self) -> anyhow::Result<bool>;
-    async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
-    /// Size in bytes of an artifact directory (for progress; approximate).
-    async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64>;
-    /// Streams `tar -c .` of the artifact directory into `out`.
-    async fn stream_artifact(&self, artifact: &str, out: Writer<'_>) -> anyhow::Result<()>;
-    /// sha256 of every regular file of the artifact directory, computed on the instance.
-    async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums>;
-    /// Creates the artifact directory and extracts the tar read from `input` into it.
-    async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()>;
-    /// `rm -rf /var/vcap/store/bbr-backup/<artifact>`, once it is safe elsewhere.
-    async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
-    /// `rm -rf /var/vcap/store/bbr-backup`.
-    async fn remove_artifact_root(&self) -> anyhow::Result<()>;
-}
-
-pub type InstanceRef = Arc<dyn Instance>;
 
 /// [`Instance`] as shell commands over a transport.
 pub struct ShellInstance {
@@ -100,18 +57,6 @@ fn tar_only_saw_metadata_changes(status: &ExecStatus) -> bool {
     status.code == Some(1)
         && stderr.lines().any(|l| !l.trim().is_empty())
         && stderr.lines().filter(|l| !l.trim().is_empty()).all(|l| l.ends_with("file changed as we read it"))
-}
-
-/// Splits `/var/vcap/jobs/<job>/bin/bbr/<name>` into a script, if it is one.
-pub fn parse_script_path(path: &str) -> Option<FoundScript> {
-    let rest = path.strip_prefix(JOBS_DIR)?.strip_prefix('/')?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts.as_slice() {
-        [job, "bin", "bbr", name] if !job.is_empty() => {
-            Some(FoundScript { job: job.to_string(), kind: ScriptKind::from_file_name(name)? })
-        }
-        _ => None,
-    }
 }
 
 #[async_trait]
@@ -238,6 +183,7 @@ impl Instance for ShellInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::ExecStatus;
 
     #[test]
     fn tar_file_changed_warnings_are_not_failures() {
@@ -246,14 +192,5 @@ mod tests {
         assert!(!tar_only_saw_metadata_changes(&st(1, "tar: ./a: file changed as we read it\ntar: ./c: Cannot open: Permission denied\n")));
         assert!(!tar_only_saw_metadata_changes(&st(2, "tar: ./a/b: file changed as we read it\n")));
         assert!(!tar_only_saw_metadata_changes(&st(1, "")));
-    }
-
-    #[test]
-    fn script_paths() {
-        let s = parse_script_path("/var/vcap/jobs/redis/bin/bbr/pre-backup-lock").unwrap();
-        assert_eq!(s, FoundScript { job: "redis".into(), kind: ScriptKind::PreBackupLock });
-        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/helper.sh").is_none());
-        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/sub/backup").is_none());
-        assert!(parse_script_path("/var/vcap/jobs/redis/bin/backup").is_none());
     }
 }

@@ -1,9 +1,5 @@
-//! The targets that reach instances directly over SSH, without a BOSH director API:
-//!
-//! - [`DirectorTarget`], bbr's `director` mode: one instance `bosh/0` at `--host`, with the
-//!   artifact named after the host (`extractNameFromAddress`), but with the host key
-//!   verified (bbr never checked it).
-//! - [`HostsTarget`]: any set of SSH hosts carrying BBR scripts, listed in an inventory.
+//! [`HostsTarget`]: any set of SSH hosts carrying BBR scripts, listed in an inventory, reached
+//! directly over SSH without a BOSH director API. Also the base of [`super::DirectorTarget`].
 //!
 //! The intended command lines (the SSH flags are shared by both):
 //!
@@ -41,8 +37,9 @@
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;
 use crate::target::Target;
+use super::ssh_options::{HostKeyChoice, SshOptions};
 use crate::transport::ssh::{
-    self, parse_address, parse_bosh_all_proxy, ClientKey, GatewayConfig, HostKeyPolicy, KeySource, Proxy, Secret,
+    self, parse_address, ClientKey, KeySource, Secret,
     SshConfig, SshTransport,
 };
 use anyhow::{anyhow, bail, Context};
@@ -51,145 +48,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-/// SSH settings shared by every instance of a target.
-#[derive(Clone, Debug)]
-pub struct SshOptions {
-    /// `--known-hosts`; `None` means `~/.ssh/known_hosts`.
-    pub known_hosts_path: Option<PathBuf>,
-    /// `--insecure-skip-host-key-check`: no host key is checked, pinned or not.
-    pub insecure_skip_host_key_check: bool,
-    pub connect_timeout: Duration,
-    pub script_timeout: Option<Duration>,
-    pub keepalive_interval: Duration,
-    /// `--gateway` or `BOSH_ALL_PROXY`; see [`resolve_gateway`].
-    pub gateway: Option<Proxy>,
-    /// For passphrase-protected keys; [`SshOptions::from_env`] reads `LOCKSTEP_SSH_KEY_PASSPHRASE`.
-    pub key_passphrase: Option<Secret>,
-}
-
-impl Default for SshOptions {
-    fn default() -> Self {
-        SshOptions {
-            known_hosts_path: None,
-            insecure_skip_host_key_check: false,
-            connect_timeout: ssh::DEFAULT_CONNECT_TIMEOUT,
-            script_timeout: None,
-            keepalive_interval: ssh::DEFAULT_KEEPALIVE_INTERVAL,
-            gateway: None,
-            key_passphrase: None,
-        }
-    }
-}
-
-impl SshOptions {
-    /// The defaults, with the key passphrase from `LOCKSTEP_SSH_KEY_PASSPHRASE`.
-    pub fn from_env() -> Self {
-        SshOptions { key_passphrase: Secret::from_env(), ..SshOptions::default() }
-    }
-
-    /// The policy for hosts without a pinned key or a known_hosts file of their own.
-    pub fn default_host_key_policy(&self) -> HostKeyPolicy {
-        if self.insecure_skip_host_key_check {
-            HostKeyPolicy::Insecure
-        } else {
-            HostKeyPolicy::KnownHosts(self.known_hosts_path.clone().unwrap_or_else(ssh::default_known_hosts_path))
-        }
-    }
-
-    fn policy_for(&self, own: &HostKeyChoice) -> HostKeyPolicy {
-        if self.insecure_skip_host_key_check {
-            return HostKeyPolicy::Insecure;
-        }
-        match own {
-            HostKeyChoice::Pinned(k) => HostKeyPolicy::Pinned(k.clone()),
-            HostKeyChoice::KnownHosts(p) => HostKeyPolicy::KnownHosts(p.clone()),
-            HostKeyChoice::Default => self.default_host_key_policy(),
-        }
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        if self.insecure_skip_host_key_check {
-            w.push(
-                "--insecure-skip-host-key-check: host keys are not verified; a machine in the middle could \
-                 impersonate the instances and receive the backups"
-                    .to_string(),
-            );
-        }
-        w
-    }
-}
-
-/// The gateway flags as given on the command line, plus `BOSH_ALL_PROXY`.
-#[derive(Debug, Default, Clone)]
-pub struct GatewayFlags {
-    /// `--gateway USER@HOST[:PORT]`
-    pub gateway: Option<String>,
-    /// `--gateway-private-key-path`
-    pub private_key_path: Option<PathBuf>,
-    /// `--gateway-host-public-key 'ssh-ed25519 AAAA...'`
-    pub host_public_key: Option<String>,
-    /// The value of `BOSH_ALL_PROXY`, used when `--gateway` is not given.
-    pub bosh_all_proxy: Option<String>,
-}
-
-/// Turns the gateway flags into the proxy to use, if any. The gateway's own host key is
-/// checked like the instances' (pinned with `--gateway-host-public-key`, or known_hosts),
-/// unless `--insecure-skip-host-key-check`.
-pub fn resolve_gateway(flags: &GatewayFlags, opts: &SshOptions) -> anyhow::Result<Option<Proxy>> {
-    let policy = match (&flags.host_public_key, opts.insecure_skip_host_key_check) {
-        (_, true) => HostKeyPolicy::Insecure,
-        (Some(line), false) => HostKeyPolicy::pinned(line).context("--gateway-host-public-key")?,
-        (None, false) => opts.default_host_key_policy(),
-    };
-    match (&flags.gateway, &flags.private_key_path) {
-        (Some(spec), Some(key)) => {
-            let key = ClientKey::load(&KeySource::Path(key.clone()), opts.key_passphrase.as_ref())
-                .context("--gateway-private-key-path")?;
-            Ok(Some(Proxy::from(GatewayConfig::parse(spec, key, policy)?)))
-        }
-        (Some(_), None) => bail!("--gateway needs --gateway-private-key-path"),
-        (None, Some(_)) => bail!("--gateway-private-key-path needs --gateway USER@HOST[:PORT]"),
-        (None, None) => match flags.bosh_all_proxy.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Some(url) => parse_bosh_all_proxy(url, opts.key_passphrase.as_ref(), policy).map(Some),
-            None => Ok(None),
-        },
-    }
-}
-
-/// Parses `30s`, `5m`, `2h`, `1h30m`, `250ms`, `7d`, `2w` or a plain number of seconds:
-/// the one duration syntax of every flag and configuration key.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    humantime::parse_duration(t).map_err(|e| anyhow!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 1h30m, 250ms, 7d or 2w ({e})"))
-}
-
-/// bbr's `extractNameFromAddress`: the host of `--host`, without scheme, user or port.
-pub fn deployment_name_from_address(address: &str) -> String {
-    let mut a = address.trim();
-    if let Some((_, rest)) = a.split_once("://") {
-        a = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        if let Some((_, host)) = a.rsplit_once('@') {
-            a = host;
-        }
-    }
-    if let Some(rest) = a.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or_default().to_string();
-    }
-    a.split(':').next().unwrap_or_default().to_string()
-}
-
-#[derive(Clone, Debug)]
-enum HostKeyChoice {
-    Pinned(russh::keys::PublicKey),
-    KnownHosts(PathBuf),
-    Default,
-}
 
 /// One instance of an inventory, validated.
 #[derive(Clone, Debug)]
@@ -199,7 +58,7 @@ pub struct HostSpec {
     pub port: u16,
     pub username: String,
     pub key: KeySource,
-    host_key: HostKeyChoice,
+    pub(crate) host_key: HostKeyChoice,
 }
 
 impl HostSpec {
@@ -426,74 +285,11 @@ impl Target for HostsTarget {
     }
 }
 
-/// bbr's `director` target: the director VM as instance `bosh/0`.
-pub struct DirectorTarget {
-    inner: HostsTarget,
-}
-
-impl DirectorTarget {
-    /// `host` is `ADDR[:PORT]` (port 22 by default); the deployment name is the host
-    /// without port. `host_public_key` pins the host key; otherwise `opts` decides
-    /// (`--known-hosts`, default `~/.ssh/known_hosts`, or `--insecure-skip-host-key-check`).
-    pub fn new(
-        host: &str,
-        username: &str,
-        private_key_path: &Path,
-        host_public_key: Option<&str>,
-        opts: &SshOptions,
-    ) -> anyhow::Result<Self> {
-        let (h, port) = parse_address(host, 22).context("--host")?;
-        if username.trim().is_empty() {
-            bail!("--username is empty");
-        }
-        let host_key = match host_public_key {
-            Some(line) => HostKeyChoice::Pinned(ssh::parse_public_key_line(line).context("--host-public-key")?),
-            None => HostKeyChoice::Default,
-        };
-        let name = deployment_name_from_address(host);
-        if name.is_empty() {
-            bail!("--host {host:?} has no host name");
-        }
-        let spec = HostSpec {
-            id: InstanceId::new("bosh", "0"),
-            host: h,
-            port,
-            username: username.to_string(),
-            key: KeySource::Path(private_key_path.to_path_buf()),
-            host_key,
-        };
-        Ok(DirectorTarget { inner: HostsTarget::new(Inventory { name, instances: vec![spec] }, opts) })
-    }
-
-    pub fn warnings(&self) -> Vec<String> {
-        self.inner.warnings()
-    }
-}
-
-#[async_trait]
-impl Target for DirectorTarget {
-    fn deployment_name(&self) -> &str {
-        self.inner.deployment_name()
-    }
-
-    fn location(&self) -> Option<String> {
-        self.inner.location()
-    }
-
-    async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
-        self.inner.instances().await.map_err(|e| {
-            if format!("{e:#}").contains("private key") {
-                e.context("failed reading private key")
-            } else {
-                e
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::ssh_options::{resolve_gateway, GatewayFlags};
+    use crate::transport::ssh::Proxy;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
 
@@ -575,31 +371,6 @@ mod tests {
         assert!(!e.contains("SECRETKEYMATERIAL"), "{e}");
     }
 
-    #[test]
-    fn names_from_director_addresses() {
-        for (addr, name) in [
-            ("10.0.0.6", "10.0.0.6"),
-            ("10.0.0.6:22", "10.0.0.6"),
-            ("director.example.com:2222", "director.example.com"),
-            ("https://10.0.0.6:25555", "10.0.0.6"),
-            ("ssh://user@bosh.internal:22/x", "bosh.internal"),
-            ("[fd00::6]:22", "fd00::6"),
-        ] {
-            assert_eq!(deployment_name_from_address(addr), name, "{addr}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
-        for bad in ["", "s", "10x", "-1s", "soon"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn gateway_flags() {
@@ -609,16 +380,5 @@ mod tests {
         assert!(e.to_string().contains("--gateway-private-key-path"), "{e}");
         let flags = GatewayFlags { bosh_all_proxy: Some("socks5://127.0.0.1:1080".into()), ..Default::default() };
         assert!(matches!(resolve_gateway(&flags, &opts).unwrap(), Some(Proxy::Socks5 { port: 1080, .. })));
-    }
-
-    #[tokio::test]
-    async fn director_target_names_and_instance() {
-        let t = DirectorTarget::new("10.0.0.6:2222", "jumpbox", Path::new("/nonexistent"), Some(KEY), &SshOptions::default())
-            .unwrap();
-        assert_eq!(t.deployment_name(), "10.0.0.6");
-        let e = t.instances().await.err().expect("missing key file");
-        let e = format!("{e:#}");
-        assert!(e.contains("failed reading private key") && e.contains("/nonexistent"), "{e}");
-        assert!(DirectorTarget::new("10.0.0.6:x", "u", Path::new("/k"), None, &SshOptions::default()).is_err());
     }
 }

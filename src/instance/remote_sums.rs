@@ -175,7 +175,7 @@ mod tests {
             let path = ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists());
             std::os::unix::fs::symlink(path.unwrap_or_else(|| panic!("{tool} is not installed (ci/setup)")), bin.join(tool)).unwrap();
         }
-        let cmd = checksum_command(&crate::shell::quote(data.to_str().unwrap()));
+        let cmd = checksum_command(&crate::transport::quote::quote(data.to_str().unwrap()));
         let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).env_clear().env("PATH", &bin).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let header = String::from_utf8_lossy(&out.stdout[..out.stdout.iter().position(|&b| b == b'\n').unwrap()]).to_string();

@@ -1,0 +1,86 @@
+//! The BBR operations on one instance: the [`Instance`] trait the orchestration talks to,
+//! and [`ShellInstance`], its implementation as quoted shell commands over any
+//! [`crate::transport::Transport`] (with the instance-side checksums of [`remote_sums`]).
+//! Knows the BBR paths and scripts on an instance; knows nothing of lock order, stores or
+//! which transport carries the commands. Tests wrap a real instance and fail any operation
+//! on cue, which is why the orchestration sees only the trait.
+
+pub mod remote_sums;
+mod shell;
+
+pub use shell::ShellInstance;
+
+use crate::artifact::tar_hash::Checksums;
+use crate::model::{InstanceId, ScriptKind};
+use crate::transport::{Reader, Writer};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Where BBR jobs live and where their artifacts are staged, relative to the instance root.
+pub const JOBS_DIR: &str = "/var/vcap/jobs";
+pub const ARTIFACT_ROOT: &str = "/var/vcap/store/bbr-backup";
+
+/// A BBR script found on an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundScript {
+    pub job: String,
+    pub kind: ScriptKind,
+}
+
+#[async_trait]
+pub trait Instance: Send + Sync {
+    fn id(&self) -> &InstanceId;
+    /// Where the instance is, for messages (`vcap@10.0.0.5:22`).
+    fn address(&self) -> String;
+
+    /// Every `/var/vcap/jobs/<job>/bin/bbr/<script>` with one of the seven names.
+    async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>>;
+    /// Runs a script with extra environment variables; returns its stdout.
+    async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>>;
+    /// The value of `BBR_ARTIFACT_DIRECTORY` for an artifact (with a trailing slash).
+    fn artifact_dir(&self, artifact: &str) -> String;
+    /// Does `/var/vcap/store/bbr-backup` exist?
+    async fn artifact_root_exists(&self) -> anyhow::Result<bool>;
+    async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
+    /// Size in bytes of an artifact directory (for progress; approximate).
+    async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64>;
+    /// Streams `tar -c .` of the artifact directory into `out`.
+    async fn stream_artifact(&self, artifact: &str, out: Writer<'_>) -> anyhow::Result<()>;
+    /// sha256 of every regular file of the artifact directory, computed on the instance.
+    async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums>;
+    /// Creates the artifact directory and extracts the tar read from `input` into it.
+    async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()>;
+    /// `rm -rf /var/vcap/store/bbr-backup/<artifact>`, once it is safe elsewhere.
+    async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
+    /// `rm -rf /var/vcap/store/bbr-backup`.
+    async fn remove_artifact_root(&self) -> anyhow::Result<()>;
+}
+
+pub type InstanceRef = Arc<dyn Instance>;
+
+/// Splits `/var/vcap/jobs/<job>/bin/bbr/<name>` into a script, if it is one.
+pub fn parse_script_path(path: &str) -> Option<FoundScript> {
+    let rest = path.strip_prefix(JOBS_DIR)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [job, "bin", "bbr", name] if !job.is_empty() => {
+            Some(FoundScript { job: job.to_string(), kind: ScriptKind::from_file_name(name)? })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+
+    fn script_paths() {
+        let s = parse_script_path("/var/vcap/jobs/redis/bin/bbr/pre-backup-lock").unwrap();
+        assert_eq!(s, FoundScript { job: "redis".into(), kind: ScriptKind::PreBackupLock });
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/helper.sh").is_none());
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/bbr/sub/backup").is_none());
+        assert!(parse_script_path("/var/vcap/jobs/redis/bin/backup").is_none());
+    }
+}
