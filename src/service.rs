@@ -48,7 +48,7 @@ pub async fn restore_from_store(ctx: &Ctx, cfg: &Config, name: &str, drill: bool
 /// Restores a local artifact directory (fetched by `get`, or made by bbr).
 pub async fn restore_from_dir(ctx: &Ctx, cfg: &Config, dir: &Path, drill: bool) -> anyhow::Result<RestoreOutcome> {
     let target = cfg.open_target().await?;
-    let (store, name) = crate::frontend::cli::split_artifact_path(dir)?;
+    let (store, name) = split_artifact_path(dir)?;
     let opts = RestoreOptions { accept_bbr: true, identities: cfg.identities()?, drill };
     let mut out = restore_with(ctx, target.as_ref(), &store, &name, &opts).await;
     release(target.as_ref(), &mut out.failures).await;
@@ -168,4 +168,23 @@ pub fn ensure_ok(failures: &Failures, what: &str) -> anyhow::Result<()> {
     } else {
         bail!("{what} failed (exit bits {}):\n{}", failures.exit_code(), failures.render())
     }
+}
+
+/// `--artifact-path DIR/NAME` for restore and verify: the store is DIR, the artifact NAME.
+pub fn split_artifact_path(path: &Path) -> anyhow::Result<(LocalStore, String)> {
+    let abs = std::path::absolute(path).with_context(|| format!("artifact path {}", path.display()))?;
+    if !abs.is_dir() {
+        bail!("Could not open backup: {} is not a directory", path.display());
+    }
+    let name = abs.file_name().context("artifact path has no final component")?.to_string_lossy().into_owned();
+    let parent = abs.parent().context("artifact path has no parent")?;
+    Ok((LocalStore::new(parent), name))
+}
+
+/// Concourse build variables, when running in a build, so an artifact can be traced.
+pub fn build_origin() -> std::collections::BTreeMap<String, String> {
+    ["BUILD_PIPELINE_NAME", "BUILD_JOB_NAME", "BUILD_NAME", "BUILD_TEAM_NAME", "ATC_EXTERNAL_URL"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect()
 }

@@ -172,7 +172,7 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
     match action.as_str() {
         "backup" => {
             let lock_free = param_bool(&req.params, "unsafe_lock_free", false)?;
-            let out = service::run_backup(ctx, &req.config, lock_free, crate::frontend::cli::build_origin()).await?;
+            let out = service::run_backup(ctx, &req.config, lock_free, service::build_origin()).await?;
             eprint!("{}", timings_table(&out.timings));
             service::ensure_ok(&out.failures, "the backup")?;
             let marker = out.marker.ok_or_else(|| anyhow!("the backup committed no artifact"))?;
@@ -248,7 +248,7 @@ pub fn main(kind: Kind) -> i32 {
         let mut ctx = Ctx::new(reporter);
         service::tune(&mut ctx, &req.config);
         if kind == Kind::Out {
-            crate::frontend::cli::install_signal_handlers(&ctx);
+            crate::frontend::signals::install_signal_handlers(&ctx);
         }
         match kind {
             Kind::Check => check(&req).await,

@@ -7,9 +7,11 @@
 //! - [`report`]: orchestration events as log lines and the timings table.
 //! - [`pipeline_check`]: `lockstep validate-pipeline`, fly's checks and more.
 //! - [`demo`]: `lockstep demo`, the first run on an embedded deployment.
+//! - [`signals`]: SIGTERM and SIGINT, as every front end handles them.
 
 pub mod cli;
 pub mod concourse;
 pub mod demo;
 pub mod pipeline_check;
 pub mod report;
+pub mod signals;

@@ -1,0 +1,374 @@
+//! Every flag and argument of the `lockstep` command, as clap definitions: the targets of
+//! bbr's tree and their actions, the SSH and S3 flags they share, and the arguments of
+//! lockstep's own commands.
+
+use super::parse_duration;
+use crate::store::codec::Compression;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The configuration file (JSON or YAML); default: the LOCKSTEP_CONFIG variable.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: RunAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RunAction {
+    /// Check the target can be backed up (and the store reached). Locks nothing.
+    PreBackupCheck,
+    /// Back up the target into the store(s).
+    Backup {
+        /// Skip the lock and unlock scripts; the artifact is marked lock-free.
+        #[arg(long)]
+        unsafe_lock_free: bool,
+    },
+    /// Restore an artifact from the store (--artifact NAME) or a local artifact
+    /// directory (-a DIR, e.g. one a `get` fetched) onto the target.
+    Restore {
+        #[arg(long, value_name = "NAME", required_unless_present = "artifact_path", conflicts_with = "artifact_path")]
+        artifact: Option<String>,
+        #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
+        artifact_path: Option<PathBuf>,
+        /// A restore drill into a scratch deployment: refuse when the target is where the
+        /// backup was taken from (tasks/restore-drill.sh sets it).
+        #[arg(long)]
+        drill: bool,
+    },
+    /// Run every post-backup-unlock and remove the staging directories.
+    BackupCleanup,
+    /// Run every post-restore-unlock and remove the staging directories.
+    RestoreCleanup,
+    /// List the deployment's committed artifacts, oldest first.
+    List,
+    /// Re-hash every file of an artifact (default: the newest) against its metadata.
+    Verify {
+        artifact: Option<String>,
+    },
+    /// Bring an artifact back as a plain bbr artifact directory DIR/ARTIFACT.
+    Fetch {
+        artifact: String,
+        #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
+        artifact_path: PathBuf,
+    },
+    /// Apply the configuration's retention policy; print the plan first.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Deployment name, used to name artifacts.
+    #[arg(long, default_value = "local")]
+    pub name: String,
+    /// An instance: GROUP/INDEX=DIR, where DIR stands in for the instance's `/`. Repeat.
+    #[arg(long = "instance", required = true, value_name = "GROUP/INDEX=DIR")]
+    pub instances: Vec<String>,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Args, Debug)]
+pub struct DirectorArgs {
+    /// BOSH Director hostname, with an optional port (default 22).
+    #[arg(long)]
+    pub host: String,
+    /// SSH user; needs passwordless sudo.
+    #[arg(short = 'u', long)]
+    pub username: String,
+    /// Path to the SSH private key.
+    #[arg(long = "private-key-path", visible_alias = "key")]
+    pub private_key_path: PathBuf,
+    /// Pin the director's host key ('ssh-ed25519 AAAA...') instead of using known_hosts.
+    #[arg(long, value_name = "LINE")]
+    pub host_public_key: Option<String>,
+    #[command(flatten)]
+    pub ssh: SshFlags,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Args, Debug)]
+pub struct HostsArgs {
+    /// The inventory YAML: `name:` (the deployment name) and `instances:` (group, index,
+    /// address, username, private_key_path or private_key, host_public_key or known_hosts_path).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    #[command(flatten)]
+    pub ssh: SshFlags,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// How instances are reached over SSH (shared by `director` and `hosts`).
+#[derive(Args, Debug, Clone)]
+pub struct SshFlags {
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Do not check host keys at all (a machine in the middle could take the backups).
+    #[arg(long)]
+    pub insecure_skip_host_key_check: bool,
+    /// Connect timeout: TCP, SSH handshake and authentication.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub script_timeout: Option<std::time::Duration>,
+    /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
+    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    pub gateway: Option<String>,
+    /// The jump host's private key.
+    #[arg(long, value_name = "PATH")]
+    pub gateway_private_key_path: Option<PathBuf>,
+    /// Pin the jump host's host key.
+    #[arg(long, value_name = "LINE")]
+    pub gateway_host_public_key: Option<String>,
+}
+
+impl SshFlags {
+    pub(super) fn options(&self) -> anyhow::Result<crate::target::SshOptions> {
+        let mut opts = crate::target::SshOptions::from_env();
+        opts.known_hosts_path = self.known_hosts.clone();
+        opts.insecure_skip_host_key_check = self.insecure_skip_host_key_check;
+        opts.connect_timeout = self.connect_timeout;
+        opts.script_timeout = self.script_timeout;
+        let flags = crate::target::GatewayFlags {
+            gateway: self.gateway.clone(),
+            private_key_path: self.gateway_private_key_path.clone(),
+            host_public_key: self.gateway_host_public_key.clone(),
+            bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(),
+        };
+        opts.gateway = crate::target::resolve_gateway(&flags, &opts)?;
+        Ok(opts)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DeploymentArgs {
+    /// Director URL.
+    #[arg(short = 't', long, env = "BOSH_ENVIRONMENT")]
+    pub target: String,
+    /// UAA client, or basic-auth user.
+    #[arg(short = 'u', long, env = "BOSH_CLIENT")]
+    pub username: String,
+    /// Its secret.
+    #[arg(short = 'p', long, env = "BOSH_CLIENT_SECRET", hide_env_values = true)]
+    pub password: String,
+    /// Deployment name.
+    #[arg(short = 'd', long, env = "BOSH_DEPLOYMENT", conflicts_with = "all_deployments")]
+    pub deployment: Option<String>,
+    /// Director CA certificate: a path, or PEM content (then BOSH_CA_CERT is read too;
+    /// CA_CERT wins).
+    #[arg(long = "ca-cert", env = "CA_CERT", allow_hyphen_values = true)]
+    pub ca_cert: Option<String>,
+    /// Every deployment (pre-backup-check, backup and backup-cleanup only).
+    #[arg(long)]
+    pub all_deployments: bool,
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Action {
+    /// Check the deployment can be backed up: scripts found, metadata valid, lock order
+    /// acyclic, no leftover artifact directory. Locks nothing.
+    #[command(visible_alias = "c")]
+    PreBackupCheck,
+    /// Back up: lock in dependency order, run the backup scripts, always unlock, stream
+    /// and checksum every artifact into the artifact path.
+    #[command(visible_alias = "b")]
+    Backup {
+        /// Directory in which to create the artifact directory (default: current directory),
+        /// in bbr's layout, uncompressed unless --compression says otherwise.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// Skip the lock and unlock scripts. The backup may be inconsistent; it is marked so.
+        #[arg(long)]
+        unsafe_lock_free: bool,
+        /// Also store the deployment manifest (it contains secrets).
+        #[arg(long)]
+        with_manifest: bool,
+        /// Store the artifact here instead: s3://BUCKET/PREFIX?endpoint=...&use_path_style=true
+        /// or file:///PATH. Repeat to write replicas from the same stream.
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// With several --store: succeed when at least N copies are complete (default: all).
+        #[arg(long, value_name = "N", requires = "stores")]
+        min_stores: Option<usize>,
+        /// zstd, zstd:LEVEL, gzip, gzip:LEVEL or none (default: zstd with --store, none
+        /// with --artifact-path so bbr can restore the directory).
+        #[arg(long, value_name = "CODEC")]
+        compression: Option<Compression>,
+        /// Encrypt with age to this recipient (age1...) or to every recipient in this file.
+        /// Repeat.
+        #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
+        encrypt_to: Vec<String>,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
+    /// Restore from an artifact directory or a store, after verifying every checksum.
+    #[command(visible_alias = "r")]
+    Restore {
+        /// The artifact directory to restore from.
+        #[arg(short = 'a', long = "artifact-path", required_unless_present = "stores", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// Restore from this store instead (repeat: the first that has each file serves it).
+        #[arg(long = "store", value_name = "URL", requires = "artifact")]
+        stores: Vec<String>,
+        /// The artifact's name in the store (`<deployment>_<timestamp>`).
+        #[arg(long, value_name = "ARTIFACT")]
+        artifact: Option<String>,
+        /// age identity file (AGE-SECRET-KEY-1...) for an encrypted artifact. Repeat.
+        #[arg(long = "identity", short = 'i', value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
+    /// After an interrupted backup: run every post-backup-unlock and remove the staging
+    /// directory on every instance.
+    BackupCleanup,
+    /// After an interrupted restore: run every post-restore-unlock and remove the staging
+    /// directory on every instance.
+    RestoreCleanup,
+}
+
+/// A secret given on the command line or in the environment; `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Credentials for `s3://` stores. Each defaults to the standard AWS variable; region and
+/// endpoint come from the store URL or `AWS_REGION` / `AWS_ENDPOINT_URL`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Flags {
+    /// S3 access key id for s3:// stores.
+    #[arg(long, value_name = "ID", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<Secret>,
+    /// S3 secret access key for s3:// stores.
+    #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+    /// S3 session token (temporary credentials).
+    #[arg(long, value_name = "TOKEN", env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<Secret>,
+}
+
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Directory holding artifacts.
+    #[arg(short = 'a', long = "artifact-path", default_value = ".", conflicts_with = "store")]
+    pub artifact_path: PathBuf,
+    /// A store URL instead: s3://BUCKET/PREFIX?... or file:///PATH.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Flags,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The artifact's name (`<deployment>_<timestamp>`), with --store.
+    #[arg(value_name = "ARTIFACT", required_unless_present = "artifact_path")]
+    pub artifact: Option<String>,
+    /// The artifact directory (`<deployment>_<timestamp>`) instead of a store.
+    #[arg(short = 'a', long = "artifact-path", conflicts_with_all = ["store", "artifact"])]
+    pub artifact_path: Option<PathBuf>,
+    /// The store holding the artifact: s3://BUCKET/PREFIX?... or file:///PATH.
+    #[arg(long, value_name = "URL", requires = "artifact")]
+    pub store: Option<String>,
+    /// age identity file (AGE-SECRET-KEY-1...) for an encrypted artifact. Repeat.
+    #[arg(long = "identity", short = 'i', value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Flags,
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The artifact's name (`<deployment>_<timestamp>`).
+    #[arg(value_name = "ARTIFACT")]
+    pub artifact: String,
+    /// The store holding it: s3://BUCKET/PREFIX?... or file:///PATH.
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+    /// Directory in which to create the artifact directory.
+    #[arg(short = 'a', long = "artifact-path", value_name = "DIR")]
+    pub artifact_path: PathBuf,
+    /// age identity file for an encrypted artifact. Repeat.
+    #[arg(long = "identity", short = 'i', value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Flags,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// The store to prune (repeat to prune several, each on its own).
+    #[arg(long = "store", value_name = "URL", required_unless_present = "artifact_path")]
+    pub stores: Vec<String>,
+    /// A local directory of artifacts instead.
+    #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+    pub artifact_path: Option<PathBuf>,
+    /// Only this deployment's artifacts.
+    #[arg(long, short = 'd')]
+    pub deployment: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Keep everything newer than this (e.g. 14d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Never delete anything younger than this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_age: std::time::Duration,
+    /// Sweep uncommitted leftovers (interrupted backups) older than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Print the plan; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub s3: S3Flags,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidatePipelineArgs {
+    /// The pipeline YAML.
+    pub file: PathBuf,
+    /// The vars file (`fly -l`): every ((var)) must be defined in it.
+    #[arg(long, short = 'l', value_name = "FILE")]
+    pub vars: Option<PathBuf>,
+    /// Where task files live (default: the directory above the pipeline's).
+    #[arg(long, value_name = "DIR")]
+    pub repo_root: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to create the demo (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
