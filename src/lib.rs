@@ -2,7 +2,8 @@
 //!
 //! Consistent, BBR-compatible backups of BOSH deployments.
 //!
-//! The crate is one library with thin binaries. Its shape, from the inside out:
+//! The crate is one library with thin binaries (`src/bin`). Its shape, from the inside out,
+//! is the shape of its tree:
 //!
 //! - [`model`] and [`lock_order`] are pure: instances, jobs, the seven BBR scripts, job
 //!   metadata, and the Kahn levels that say which jobs lock before which.
@@ -10,13 +11,19 @@
 //!   cleanups) written as straight-line async functions over three traits at the edges:
 //!   [`target::Target`] finds instances, [`instance::Instance`] runs BBR operations on
 //!   one, [`store::Store`] holds artifacts. It emits [`events::Event`]s and never prints.
-//! - [`instance::ShellInstance`] implements the BBR operations as quoted shell commands
-//!   over a [`transport::Transport`] (local directories here; SSH elsewhere).
+//! - Each edge is a folder with its trait and implementations: [`target`] (local
+//!   directories, SSH hosts, the director over SSH, a deployment through the director
+//!   API), [`instance`] (the operations as quoted shell commands over a
+//!   [`transport::Transport`]: local or SSH), [`store`] (a directory in bbr's layout, S3,
+//!   replicas, with the codecs on the stream).
 //! - [`artifact`] is the format: bbr's layout and `metadata`, the streaming tar hasher
 //!   that checksums every file while the bytes pass, and the `lockstep.json` commit marker
 //!   written last.
-//! - [`report`] turns events into log lines for a Concourse log and the timings table;
-//!   [`cli`] is the `lockstep` command.
+//! - [`config`] and [`service`] turn one configuration vocabulary into targets, stores and
+//!   codecs, and compose the operations the front ends share; [`retention`] plans prunes.
+//! - [`frontend`] sits above all of it: the `lockstep` command, the Concourse resource,
+//!   the reporter that turns events into log lines, the pipeline validator, the demo.
+//!   Nothing in the library imports it (`tests/architecture.rs` checks the direction).
 //!
 //! The data path of a backup reads each byte once: the instance's `tar -c` stdout flows
 //! through the tar hasher into a store object, and the checksums computed on the way are

@@ -1,13 +1,13 @@
 //! The `lockstep` command. Two families of commands share one binary:
 //!
-//! - bbr's command tree ([`bbr`]): `director`, `deployment`, and lockstep's `hosts` and
+//! - bbr's command tree (`bbr.rs`): `director`, `deployment`, and lockstep's `hosts` and
 //!   `local` targets, each with `pre-backup-check`, `backup`, `restore`, `backup-cleanup`
 //!   and `restore-cleanup`, bbr's flags and exit-code bits, so scripts can swap `bbr` for
 //!   `lockstep`;
-//! - lockstep's own commands ([`own`]): `list`, `verify`, `fetch`, `prune`, `run` (the
+//! - lockstep's own commands (`own.rs`): `list`, `verify`, `fetch`, `prune`, `run` (the
 //!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`.
 //!
-//! [`args`] holds every flag definition. This module parses, dispatches, and renders a
+//! `args.rs` holds every flag definition. This module parses, dispatches, and renders a
 //! run's closing block (timings, errors, the cleanup advice). Logs go to stderr.
 
 mod args;
