@@ -54,6 +54,24 @@ const STORE_EXTRA_KEYS: &[&str] = &["path", "replicas"];
 const SSH_KEYS: &[&str] =
     &["insecure_skip_host_key_check", "connect_timeout", "all_proxy", "all_proxy_private_key", "all_proxy_host_public_key"];
 
+/// Every section of the configuration vocabulary and the keys it takes, as the parsers
+/// check them: docs/configuration.md documents exactly these (tests/configuration_doc.rs).
+pub const SECTIONS: &[(&str, &[&str])] = &[
+    ("source", TOP_KEYS),
+    ("target", TARGET_KINDS),
+    ("target.hosts", crate::target::hosts::TOP_KEYS),
+    ("target.hosts.instances", crate::target::hosts::INSTANCE_KEYS),
+    ("target.director", DIRECTOR_KEYS),
+    ("target.deployment", DEPLOYMENT_KEYS),
+    ("target.local", LOCAL_KEYS),
+    ("store", S3Config::KEYS),
+    ("store.extra", STORE_EXTRA_KEYS),
+    ("store-url", S3Config::QUERY_KEYS),
+    ("encryption", ENCRYPTION_KEYS),
+    ("retention", RETENTION_KEYS),
+    ("ssh", SSH_KEYS),
+];
+
 /// A parsed configuration. `Debug` is hand-written: it never shows keys or secrets.
 #[derive(Clone)]
 pub struct Config {

@@ -88,6 +88,21 @@ impl S3Config {
         "max_retries",
         "retry_timeout_seconds",
     ];
+    /// The options a store URL's query takes (`s3://BUCKET/PREFIX?key=value&...`): the
+    /// source keys without the bucket and prefix (they are the URL's path) and without the
+    /// secrets (never in a URL). `region` is accepted as an alias of `region_name`.
+    pub const QUERY_KEYS: &'static [&'static str] = &[
+        "endpoint",
+        "region_name",
+        "use_path_style",
+        "ca_bundle",
+        "skip_ssl_verification",
+        "server_side_encryption",
+        "sse_kms_key_id",
+        "part_size_mib",
+        "max_retries",
+        "retry_timeout_seconds",
+    ];
     /// Keys that hold secrets: never accepted in a URL, never printed.
     pub const SECRET_KEYS: &'static [&'static str] = &["access_key_id", "secret_access_key", "session_token"];
 
@@ -267,11 +282,7 @@ impl StoreUrl {
                 "part_size_mib" => c.part_size_mib = Some(num(&v)?),
                 "max_retries" => c.max_retries = Some(num(&v)? as usize),
                 "retry_timeout_seconds" => c.retry_timeout_seconds = Some(num(&v)?),
-                _ => bail!(
-                    "store URL: unknown option {key:?}; allowed: endpoint, region_name, use_path_style, ca_bundle, \
-                     skip_ssl_verification, server_side_encryption, sse_kms_key_id, part_size_mib, max_retries, \
-                     retry_timeout_seconds"
-                ),
+                _ => bail!("store URL: unknown option {key:?}; allowed: {}", S3Config::QUERY_KEYS.join(", ")),
             }
         }
         Ok(StoreUrl::S3(c))

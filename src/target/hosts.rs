@@ -79,8 +79,10 @@ pub struct Inventory {
     pub instances: Vec<HostSpec>,
 }
 
-const TOP_KEYS: &[&str] = &["name", "instances"];
-const INSTANCE_KEYS: &[&str] =
+/// The keys of an inventory (docs/configuration.md lists them; a test keeps the two equal).
+pub const TOP_KEYS: &[&str] = &["name", "instances"];
+/// The keys of each entry of an inventory's `instances`.
+pub const INSTANCE_KEYS: &[&str] =
     &["group", "index", "address", "username", "private_key_path", "private_key", "host_public_key", "known_hosts_path"];
 
 #[derive(Deserialize)]
