@@ -159,7 +159,10 @@ fn exit_codes_and_cleanup_advice_match_bbr() {
         .stderr(
             predicate::str::contains("1 error occurred:")
                 .and(predicate::str::contains("post-backup-unlock for job cloud_controller on api/0: cc did not come back - exit code 1"))
-                .and(predicate::str::contains("It is recommended that you run `lockstep local --name cf ... backup-cleanup`")),
+                .and(predicate::str::contains(format!(
+                    "It is recommended that you run `lockstep local --name cf {} backup-cleanup`",
+                    instance_args(&src).join(" ")
+                ))),
         );
 
     let lock = Path::new(&src[2].1).join("var/vcap/jobs/postgres/bin/bbr/pre-backup-lock");
@@ -327,4 +330,19 @@ fn demo_runs_end_to_end() {
         .assert()
         .success()
         .stderr(predicate::str::contains("restored data matches").and(predicate::str::contains("Demo complete")));
+}
+
+/// Without --dir, the demo works in a temporary directory of its own and removes it; the
+/// path it names on stderr is gone afterwards. TMPDIR points at a directory of the test's.
+#[test]
+fn demo_without_a_dir_leaves_nothing_behind() {
+    let tmp = TempDir::new().unwrap();
+    let out = lockstep().env("TMPDIR", tmp.path()).arg("demo").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.contains("Removed the demo directory")).unwrap_or_else(|| panic!("{err}"));
+    let dir = line.split("Removed the demo directory ").nth(1).unwrap().trim();
+    assert!(dir.starts_with(tmp.path().to_str().unwrap()), "{dir}");
+    assert!(!Path::new(dir).exists(), "{dir} is still there");
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "the demo left files in TMPDIR");
 }

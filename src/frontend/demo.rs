@@ -116,21 +116,42 @@ pub fn snapshot(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn run(ctx: &Ctx, dir: Option<PathBuf>) -> anyhow::Result<i32> {
-    let base = match dir {
+    match dir {
         Some(d) => {
             if d.exists() && fs::read_dir(&d)?.next().is_some() {
                 bail!("{} is not empty: give an empty or new directory", d.display());
             }
             fs::create_dir_all(&d)?;
-            std::path::absolute(d)?
+            let base = std::path::absolute(d)?;
+            ctx.info(format!("Demo directory: {} (kept)", base.display()));
+            run_in(ctx, &base).await
         }
         None => {
-            let d = std::env::temp_dir().join(format!("lockstep-demo-{}", std::process::id()));
-            fs::create_dir_all(&d)?;
-            d
+            // A new directory of our own: create_dir fails on anything already there,
+            // a planted symlink included, and the name is not guessable in advance.
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let base = std::env::temp_dir().join(format!("lockstep-demo-{}-{nanos:09}", std::process::id()));
+            fs::create_dir(&base).with_context(|| format!("creating the demo directory {}", base.display()))?;
+            ctx.info(format!("Demo directory: {} (removed at the end; give --dir DIR to keep one)", base.display()));
+            let out = run_in(ctx, &base).await;
+            match &out {
+                Ok(0) => match fs::remove_dir_all(&base) {
+                    Ok(()) => ctx.info(format!("Removed the demo directory {}", base.display())),
+                    Err(e) => ctx.warn(format!("could not remove the demo directory {}: {e}", base.display())),
+                },
+                _ => ctx.info(format!(
+                    "Kept the demo directory {} to look into what failed; remove it with: rm -rf {}",
+                    base.display(),
+                    crate::transport::quote::quote(&base.display().to_string())
+                )),
+            }
+            out
         }
-    };
-    ctx.info(format!("Demo directory: {}", base.display()));
+    }
+}
+
+/// The demo in `base`, an empty directory.
+async fn run_in(ctx: &Ctx, base: &Path) -> anyhow::Result<i32> {
     let source = create_deployment(&base.join("deployment"), true)?;
     let fresh = create_deployment(&base.join("fresh"), false)?;
     let store_dir = base.join("backups");
