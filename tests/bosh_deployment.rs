@@ -714,7 +714,14 @@ fn cleanup_commands_after_an_interrupted_run() {
         let (code, err) = run(deployment(&d, "cf").args(["backup", "-a"]).arg(&store));
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("already exists on instance db/0"), "{err}");
-        assert!(err.contains(&format!("lockstep deployment --target {} --deployment cf ... backup-cleanup", d.url)), "{err}");
+        // The whole command, flags included, the secret named by its variable only.
+        let whole = format!(
+            "lockstep deployment --target {} --username {CLIENT} --password \"$BOSH_CLIENT_SECRET\" --deployment cf --ca-cert {} backup-cleanup",
+            d.url,
+            d.ca_path.display()
+        );
+        assert!(err.contains(&whole), "{err}");
+        assert!(!err.contains(SECRET), "{err}");
         assert!(leftover(1).exists(), "backup must leave a directory it did not create alone");
 
         let (code, err) = run(deployment(&d, "cf").arg(cleanup));

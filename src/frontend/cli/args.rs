@@ -64,10 +64,11 @@ pub enum RunAction {
 #[derive(Args, Debug)]
 pub struct LocalArgs {
     /// Deployment name, used to name artifacts.
-    #[arg(long, default_value = "local")]
+    #[arg(long, default_value = "local", global = true)]
     pub name: String,
     /// An instance: GROUP/INDEX=DIR, where DIR stands in for the instance's `/`. Repeat.
-    #[arg(long = "instance", required = true, value_name = "GROUP/INDEX=DIR")]
+    /// Required.
+    #[arg(long = "instance", value_name = "GROUP/INDEX=DIR", global = true)]
     pub instances: Vec<String>,
     #[command(subcommand)]
     pub action: Action,
@@ -75,17 +76,17 @@ pub struct LocalArgs {
 
 #[derive(Args, Debug)]
 pub struct DirectorArgs {
-    /// BOSH Director hostname, with an optional port (default 22).
-    #[arg(long)]
-    pub host: String,
-    /// SSH user; needs passwordless sudo.
-    #[arg(short = 'u', long)]
-    pub username: String,
-    /// Path to the SSH private key.
-    #[arg(long = "private-key-path", visible_alias = "key")]
-    pub private_key_path: PathBuf,
+    /// BOSH Director hostname, with an optional port (default 22). Required.
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// SSH user; needs passwordless sudo. Required.
+    #[arg(short = 'u', long, global = true)]
+    pub username: Option<String>,
+    /// Path to the SSH private key. Required.
+    #[arg(long = "private-key-path", visible_alias = "key", global = true)]
+    pub private_key_path: Option<PathBuf>,
     /// Pin the director's host key ('ssh-ed25519 AAAA...') instead of using known_hosts.
-    #[arg(long, value_name = "LINE")]
+    #[arg(long, value_name = "LINE", global = true)]
     pub host_public_key: Option<String>,
     #[command(flatten)]
     pub ssh: SshFlags,
@@ -96,9 +97,10 @@ pub struct DirectorArgs {
 #[derive(Args, Debug)]
 pub struct HostsArgs {
     /// The inventory YAML: `name:` (the deployment name) and `instances:` (group, index,
-    /// address, username, private_key_path or private_key, host_public_key or known_hosts_path).
-    #[arg(long, value_name = "FILE")]
-    pub inventory: PathBuf,
+    /// address, username, private_key_path or private_key, host_public_key or known_hosts_path;
+    /// docs/configuration.md). Required.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub inventory: Option<PathBuf>,
     #[command(flatten)]
     pub ssh: SshFlags,
     #[command(subcommand)]
@@ -109,25 +111,25 @@ pub struct HostsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SshFlags {
     /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     pub known_hosts: Option<PathBuf>,
     /// Do not check host keys at all (a machine in the middle could take the backups).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub insecure_skip_host_key_check: bool,
     /// Connect timeout: TCP, SSH handshake and authentication.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub connect_timeout: std::time::Duration,
     /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
-    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub script_timeout: Option<std::time::Duration>,
     /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
-    #[arg(long, value_name = "USER@HOST[:PORT]")]
+    #[arg(long, global = true, value_name = "USER@HOST[:PORT]")]
     pub gateway: Option<String>,
     /// The jump host's private key.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     pub gateway_private_key_path: Option<PathBuf>,
     /// Pin the jump host's host key.
-    #[arg(long, value_name = "LINE")]
+    #[arg(long, global = true, value_name = "LINE")]
     pub gateway_host_public_key: Option<String>,
 }
 
@@ -151,24 +153,25 @@ impl SshFlags {
 
 #[derive(Args, Debug)]
 pub struct DeploymentArgs {
-    /// Director URL.
-    #[arg(short = 't', long, env = "BOSH_ENVIRONMENT")]
-    pub target: String,
-    /// UAA client, or basic-auth user.
-    #[arg(short = 'u', long, env = "BOSH_CLIENT")]
-    pub username: String,
-    /// Its secret.
-    #[arg(short = 'p', long, env = "BOSH_CLIENT_SECRET", hide_env_values = true)]
-    pub password: String,
+    /// Director URL. Required.
+    #[arg(short = 't', long, env = "BOSH_ENVIRONMENT", global = true)]
+    pub target: Option<String>,
+    /// UAA client, or basic-auth user. Required.
+    #[arg(short = 'u', long, env = "BOSH_CLIENT", global = true)]
+    pub username: Option<String>,
+    /// Its secret (better from BOSH_CLIENT_SECRET: a flag shows in process listings).
+    /// Required.
+    #[arg(short = 'p', long, env = "BOSH_CLIENT_SECRET", hide_env_values = true, global = true)]
+    pub password: Option<Secret>,
     /// Deployment name.
-    #[arg(short = 'd', long, env = "BOSH_DEPLOYMENT", conflicts_with = "all_deployments")]
+    #[arg(short = 'd', long, env = "BOSH_DEPLOYMENT", conflicts_with = "all_deployments", global = true)]
     pub deployment: Option<String>,
     /// Director CA certificate: a path, or PEM content (then BOSH_CA_CERT is read too;
     /// CA_CERT wins).
-    #[arg(long = "ca-cert", env = "CA_CERT", allow_hyphen_values = true)]
+    #[arg(long = "ca-cert", env = "CA_CERT", allow_hyphen_values = true, global = true)]
     pub ca_cert: Option<String>,
     /// Every deployment (pre-backup-check, backup and backup-cleanup only).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub all_deployments: bool,
     #[command(subcommand)]
     pub action: Action,
@@ -330,12 +333,16 @@ pub struct PruneArgs {
     /// Only this deployment's artifacts.
     #[arg(long, short = 'd')]
     pub deployment: Option<String>,
+    /// Keep the N newest artifacts.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<usize>,
+    /// Keep the newest artifact of each of the N most recent days that have one.
     #[arg(long, value_name = "N")]
     pub keep_daily: Option<usize>,
+    /// Keep the newest artifact of each of the N most recent ISO weeks that have one.
     #[arg(long, value_name = "N")]
     pub keep_weekly: Option<usize>,
+    /// Keep the newest artifact of each of the N most recent months that have one.
     #[arg(long, value_name = "N")]
     pub keep_monthly: Option<usize>,
     /// Keep everything newer than this (e.g. 14d, 2w).

@@ -4,36 +4,46 @@
 
 use super::*;
 
+/// A flag clap cannot require (it is global, so it may come after the action): bbr's
+/// message when it is missing or empty.
+fn required<'a, T: AsRef<std::ffi::OsStr>>(v: &'a Option<T>, flag: &str) -> anyhow::Result<&'a T> {
+    match v {
+        Some(x) if !x.as_ref().to_string_lossy().trim().is_empty() => Ok(x),
+        _ => bail!("{flag} flag is required."),
+    }
+}
+
 pub(super) async fn local(ctx: &Ctx, args: LocalArgs) -> anyhow::Result<i32> {
     let instances = args.instances.iter().map(|s| LocalTarget::parse_instance(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    if instances.is_empty() {
+        bail!("--instance flag is required: give each instance as --instance GROUP/INDEX=DIR");
+    }
     let target = LocalTarget::new(args.name.clone(), instances);
-    let tree = format!("lockstep local --name {} ...", args.name);
+    let tree = command_line::local(&args);
     run_action(ctx, &target, &args.action, &tree).await
 }
 
 pub(super) async fn director(ctx: &Ctx, args: DirectorArgs) -> anyhow::Result<i32> {
+    let host = required(&args.host, "--host")?;
+    let username = required(&args.username, "--username")?;
+    let key = required(&args.private_key_path, "--private-key-path")?;
     let opts = args.ssh.options()?;
-    let target = crate::target::DirectorTarget::new(
-        &args.host,
-        &args.username,
-        &args.private_key_path,
-        args.host_public_key.as_deref(),
-        &opts,
-    )?;
+    let target = crate::target::DirectorTarget::new(host, username, key, args.host_public_key.as_deref(), &opts)?;
     for w in target.warnings() {
         ctx.warn(w);
     }
-    let tree = format!("lockstep director --host {} ...", args.host);
+    let tree = command_line::director(&args);
     run_action(ctx, &target, &args.action, &tree).await
 }
 
 pub(super) async fn hosts(ctx: &Ctx, args: HostsArgs) -> anyhow::Result<i32> {
+    let inventory = required(&args.inventory, "--inventory")?;
     let opts = args.ssh.options()?;
-    let target = crate::target::HostsTarget::from_file(&args.inventory, &opts)?;
+    let target = crate::target::HostsTarget::from_file(inventory, &opts)?;
     for w in target.warnings() {
         ctx.warn(w);
     }
-    let tree = format!("lockstep hosts --inventory {} ...", args.inventory.display());
+    let tree = command_line::hosts(&args);
     run_action(ctx, &target, &args.action, &tree).await
 }
 
@@ -53,11 +63,12 @@ pub(super) async fn deployment(ctx: &Ctx, args: DeploymentArgs) -> anyhow::Resul
             _ => {}
         }
     }
-    for (flag, v) in [("--target", &args.target), ("--username", &args.username), ("--password", &args.password)] {
-        if v.trim().is_empty() {
-            bail!("{flag} flag is required.");
-        }
-    }
+    let director = required(&args.target, "--target")?;
+    let username = required(&args.username, "--username")?;
+    let password = match &args.password {
+        Some(p) if !p.0.trim().is_empty() => p.0.as_str(),
+        _ => bail!("--password flag is required."),
+    };
     // CA_CERT (clap's env for --ca-cert) wins over BOSH_CA_CERT.
     let ca = args.ca_cert.clone().or_else(|| std::env::var("BOSH_CA_CERT").ok()).filter(|s| !s.trim().is_empty());
     let ca = ca.as_deref().map(crate::target::bosh::read_ca_cert).transpose()?;
@@ -66,12 +77,12 @@ pub(super) async fn deployment(ctx: &Ctx, args: DeploymentArgs) -> anyhow::Resul
     opts.gateway = crate::target::resolve_gateway(&flags, &opts)?;
     // BOSH_ALL_PROXY carries the director's API calls too, as bosh-cli's.
     let client =
-        crate::target::bosh::DirectorClient::connect(&args.target, &args.username, &args.password, ca.as_deref(), opts.gateway.as_ref()).await?;
+        crate::target::bosh::DirectorClient::connect(director, username, password, ca.as_deref(), opts.gateway.as_ref()).await?;
     let Some(deployment) = args.deployment.clone() else {
         return run_all_deployments(ctx, &client, &opts, &args).await;
     };
     let target = crate::target::bosh::DeploymentTarget::new(client, &deployment, &opts)?;
-    let tree = format!("lockstep deployment --target {} --deployment {deployment} ...", args.target);
+    let tree = command_line::deployment(&args, &deployment);
     run_deployment(ctx, &target, &args.action, &tree).await
 }
 
@@ -119,12 +130,11 @@ async fn run_all_deployments(
         return Ok(0);
     }
     println!("[{}] Pending: {}", now(), names.join(", "));
-    let tree = format!("lockstep deployment --target {} --all-deployments ...", args.target);
     let log_dir = match &args.action {
         Action::Backup { artifact_path: Some(dir), .. } => dir.clone(),
         _ => PathBuf::from("."),
     };
-    let (tree, now, log_dir) = (&tree, &now, &log_dir);
+    let (now, log_dir) = (&now, &log_dir);
     let codes = crate::orchestrate::bounded(ALL_DEPLOYMENTS_IN_FLIGHT, &names, |name| async move {
         if ctx.cancelled() {
             println!("[{}] Not starting {verb} of {name}: cancelled", now());
@@ -154,7 +164,7 @@ async fn run_all_deployments(
         one.bbr_version = ctx.bbr_version.clone();
         one.label = Some(name.clone());
         let code = match crate::target::bosh::DeploymentTarget::new(client.clone(), name, opts) {
-            Ok(target) => run_deployment(&one, &target, &args.action, tree).await,
+            Ok(target) => run_deployment(&one, &target, &args.action, &command_line::deployment(args, name)).await,
             Err(e) => Err(e),
         }
         .unwrap_or_else(|e| {

@@ -12,7 +12,10 @@
 
 mod args;
 mod bbr;
+mod command_line;
 mod own;
+#[cfg(test)]
+mod tests;
 
 pub use args::*;
 
@@ -165,7 +168,10 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
 /// runs); returns the exit code.
 pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_cmd: &str) -> i32 {
     let mut text = String::new();
-    if !timings.phases.is_empty() {
+    // A run that failed while finding its instances has nothing to time: the table would
+    // only push the error out of view.
+    let got_past_discovery = timings.phases.keys().any(|p| *p != "discover");
+    if got_past_discovery || (failures.is_empty() && !timings.phases.is_empty()) {
         text.push_str(&timings_table(timings));
     }
     if !failures.is_empty() {

@@ -3,15 +3,49 @@
 //! `validate-pipeline`.
 
 use super::*;
+use crate::artifact::marker::CommitMarker;
 
-fn age_of(at: &str) -> String {
+fn age_of(at: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     match chrono::DateTime::parse_from_rfc3339(at) {
         Ok(t) => {
-            let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0) as u64;
+            let secs = (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0) as u64;
             let d = std::time::Duration::from_secs(if secs >= 3600 { secs / 60 * 60 } else { secs });
             format!("{} ago", humantime::format_duration(d))
         }
-        Err(_) => "at an unknown time".to_string(),
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+/// The table `lockstep list` and `lockstep run list` both print: one labelled column per
+/// fact, aligned, oldest artifact first.
+pub(super) fn artifact_table(rows: &[(String, CommitMarker)], now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut cells = vec![["ARTIFACT", "SIZE", "FINISHED", "AGE", "CODEC", "LOCKS"].map(String::from).to_vec()];
+    for (name, m) in rows {
+        cells.push(vec![
+            name.clone(),
+            human_bytes(m.total_size()),
+            m.finished_at.clone(),
+            age_of(&m.finished_at, now),
+            format!("{}{}", m.compression, if m.encrypted { "+age" } else { "" }),
+            if m.lock_free { "LOCK-FREE".to_string() } else { "locked".to_string() },
+        ]);
+    }
+    let widths: Vec<usize> = (0..cells[0].len()).map(|c| cells.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &cells {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Prints the table, or says the store holds nothing (on stderr: stdout stays the table).
+fn print_artifacts(rows: &[(String, CommitMarker)], store: &str) {
+    if rows.is_empty() {
+        eprintln!("No committed backup artifacts in {store}");
+    } else {
+        print!("{}", artifact_table(rows, chrono::Utc::now()));
     }
 }
 
@@ -20,21 +54,13 @@ pub(super) async fn list(ListArgs { artifact_path, store, s3 }: ListArgs) -> any
         Some(url) => open_store(url, &s3)?,
         None => Box::new(LocalStore::new(&artifact_path)),
     };
-    let names = stored::list(store.as_ref()).await?;
-    if names.is_empty() {
-        eprintln!("No committed backup artifacts in {}", store.describe());
-    }
-    for name in names {
+    let mut rows = Vec::new();
+    for name in stored::list(store.as_ref()).await? {
         let art = stored::open(store.as_ref(), &name, false).await?;
-        let m = art.marker.as_ref().expect("listed artifacts are committed");
-        let codec = format!("{}{}", m.compression, if m.encrypted { "+age" } else { "" });
-        println!(
-            "{name}  {}  {}  {codec}{}",
-            human_bytes(m.total_size()),
-            age_of(&m.finished_at),
-            if m.lock_free { "  LOCK-FREE" } else { "" }
-        );
+        let m = art.marker.context("listed artifacts are committed")?;
+        rows.push((name, m));
     }
+    print_artifacts(&rows, &store.describe());
     Ok(0)
 }
 
@@ -55,7 +81,7 @@ pub(super) async fn verify(ctx: &Ctx, VerifyArgs { artifact, artifact_path, stor
     match open_and_verify_with(ctx, store.as_ref(), &name, accept_bbr, &ids).await {
         Ok(_) => Ok(0),
         Err(e) => {
-            eprintln!("{e:#}");
+            eprintln!("error: {e:#}");
             Ok(1)
         }
     }
@@ -164,17 +190,12 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             (f, t, "restore-cleanup")
         }
         RunAction::List => {
+            let mut rows = Vec::new();
             for name in service::committed(&cfg).await? {
                 let art = service::describe(&cfg, &name).await?;
-                let m = art.marker.as_ref().expect("committed");
-                println!(
-                    "{name}  {}  {}  finished {}{}",
-                    human_bytes(m.total_size()),
-                    service::codec_of(m),
-                    m.finished_at,
-                    if m.lock_free { "  LOCK-FREE" } else { "" }
-                );
+                rows.push((name, art.marker.context("committed")?));
             }
+            print_artifacts(&rows, &cfg.store.describe());
             return Ok(0);
         }
         RunAction::Verify { artifact } => {
@@ -185,7 +206,7 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             return match service::verify(ctx, &cfg, &name).await {
                 Ok(_) => Ok(0),
                 Err(e) => {
-                    eprintln!("{e:#}");
+                    eprintln!("error: {e:#}");
                     Ok(1)
                 }
             };
@@ -214,6 +235,6 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             return Ok(0);
         }
     };
-    Ok(finish(ctx, &failures, &timings, &format!("lockstep run {cleanup_cmd}")))
+    Ok(finish(ctx, &failures, &timings, &format!("{} {cleanup_cmd}", command_line::run(args.config.as_deref()))))
 }
 
