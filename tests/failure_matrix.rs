@@ -6,7 +6,7 @@
 
 use lockstep::artifact::stored;
 use lockstep::frontend::demo::{create_deployment, snapshot};
-use lockstep::events::Recorder;
+use lockstep::events::{Event, Recorder};
 use lockstep::instance::{InstanceRef, ShellInstance};
 use lockstep::model::{Direction, InstanceId, ScriptKind};
 use lockstep::orchestrate::backup::{backup, BackupOptions, BackupOutcome};
@@ -614,21 +614,159 @@ async fn restore_cleanup_failure_exits_16() {
     assert_eq!(out.failures.exit_code(), 16, "{}", out.failures.render());
 }
 
+/// The scripts of `kind` that ran, as `instance job`.
+fn ran_on(faults: &Faults, kind: ScriptKind) -> Vec<String> {
+    faults.scripts().into_iter().filter(|(_, _, k)| *k == kind).map(|(i, j, _)| format!("{i} {j}")).collect()
+}
+
+fn warnings(rec: &Recorder) -> Vec<String> {
+    rec.events().into_iter().filter_map(|e| if let Event::Warning(w) = e { Some(w) } else { None }).collect()
+}
+
+/// bbr's `DeploymentMatches`: every instance in the backup's metadata must exist.
 #[tokio::test]
-async fn restore_needs_the_backed_up_topology() {
+async fn restore_to_a_deployment_missing_a_backed_up_instance_is_refused() {
     let (w, name) = backed_up().await;
     let w2 = World { faults: Faults::new(), ..World::new() };
     let dir = TempDir::new().unwrap();
     let mut deployed = create_deployment(dir.path(), false).unwrap();
     deployed.remove(DB);
-    std::fs::remove_file(PathBuf::from(&deployed[BLOB].1).join("var/vcap/jobs/blobstore/bin/bbr/restore")).unwrap();
     let target = w2.target_over(&deployed);
     let out = restore(&w.ctx(), &target, &w.store, &name, false).await;
     let text = out.failures.render();
     assert!(text.contains("does not match the structure of the provided backup"), "{text}");
     assert!(text.contains("instance db/0 is in the backup but not in the deployment"), "{text}");
-    assert!(text.contains("job blobstore on blobstore/0 has no restore script"), "{text}");
+    assert_eq!(out.failures.exit_code(), 1);
     assert_eq!(w2.faults.count(|op| matches!(op, Op::Receive(_) | Op::Script { kind: PreRestoreLock, .. })), 0);
+}
+
+/// A scaled-out deployment (an instance the backup does not have) must not run a restore
+/// script with nothing to restore: refused before any upload or lock, naming the job.
+#[tokio::test]
+async fn restore_of_a_job_with_no_artifact_in_the_backup_is_refused_before_any_lock() {
+    let (w, name) = backed_up().await;
+    let w2 = World { faults: Faults::new(), ..World::new() };
+    let dir = TempDir::new().unwrap();
+    let mut deployed = create_deployment(&dir.path().join("a"), false).unwrap();
+    let extra = create_deployment(&dir.path().join("b"), false).unwrap();
+    deployed.push((InstanceId::new("api", "1"), extra[API].1.clone()));
+    let target = w2.target_over(&deployed);
+    let out = restore(&w.ctx(), &target, &w.store, &name, false).await;
+    let text = out.failures.render();
+    assert_eq!(out.failures.exit_code(), 1, "{text}");
+    assert!(text.contains("job cloud_controller on api/1 (no artifact cloud_controller)"), "{text}");
+    assert!(!text.contains("api/0"), "only the job without an artifact is named: {text}");
+    let touched = w2.faults.count(|op| matches!(op, Op::Receive(_) | Op::Script { kind: PreRestoreLock | Restore | PostRestoreUnlock, .. }));
+    assert_eq!(touched, 0, "only discovery may run: {:?}", w2.faults.journal());
+}
+
+/// bbr's restore_test.go, "and one of the jobs is disabled": "does not restore the disable
+/// job", and exits 0. The artifact nobody takes is named in a warning.
+#[tokio::test]
+async fn one_of_the_jobs_is_disabled_does_not_restore_the_disabled_job() {
+    let (w, name) = backed_up().await;
+    let w2 = World { faults: Faults::new(), ..World::new() };
+    let dir = TempDir::new().unwrap();
+    let deployed = create_deployment(dir.path(), false).unwrap();
+    std::fs::write(
+        PathBuf::from(&deployed[BLOB].1).join("var/vcap/jobs/blobstore/bin/bbr/metadata"),
+        "#!/bin/sh\necho '---\nskip_bbr_scripts: true'\n",
+    )
+    .unwrap();
+    let target = w2.target_over(&deployed);
+    let rec = Arc::new(Recorder::default());
+    let ctx = Ctx::new(rec.clone());
+    let out = restore(&ctx, &target, &w.store, &name, false).await;
+    assert!(out.failures.is_empty(), "{}", out.failures.render());
+    assert_eq!(ran_on(&w2.faults, Restore), vec!["api/0 cloud_controller", "db/0 postgres"]);
+    assert_eq!(w2.faults.count(|op| matches!(op, Op::Receive(a) if a == "blobstore")), 0);
+    let warned = warnings(&rec);
+    assert!(
+        warned.iter().any(|w| w.contains("blobstore-0-blobstore.tar will not be restored") && w.contains("skip_bbr_scripts")),
+        "{warned:?}"
+    );
+}
+
+/// A job that backs up but does not restore (no restore script) leaves its artifact
+/// unrestored, as bbr, and the rest is restored.
+#[tokio::test]
+async fn an_artifact_whose_job_has_no_restore_script_is_left_with_a_warning() {
+    let (w, name) = backed_up().await;
+    let w2 = World { faults: Faults::new(), ..World::new() };
+    let dir = TempDir::new().unwrap();
+    let deployed = create_deployment(dir.path(), false).unwrap();
+    std::fs::remove_file(PathBuf::from(&deployed[BLOB].1).join("var/vcap/jobs/blobstore/bin/bbr/restore")).unwrap();
+    let target = w2.target_over(&deployed);
+    let rec = Arc::new(Recorder::default());
+    let out = restore(&Ctx::new(rec.clone()), &target, &w.store, &name, false).await;
+    assert!(out.failures.is_empty(), "{}", out.failures.render());
+    assert_eq!(ran_on(&w2.faults, Restore), vec!["api/0 cloud_controller", "db/0 postgres"]);
+    // bbr locks and unlocks every job of the deployment, restorable or not.
+    assert!(ran_on(&w2.faults, PreRestoreLock).contains(&"api/0 cloud_controller".to_string()));
+    let warned = warnings(&rec);
+    assert!(warned.iter().any(|w| w.contains("blobstore-0-blobstore.tar will not be restored: job blobstore on blobstore/0 has no restore script")), "{warned:?}");
+}
+
+/// bbr's HasMetadataRestoreNames looks at every job of an instance that restores, not only
+/// the restorable ones.
+#[tokio::test]
+async fn restore_name_on_any_job_of_a_restoring_instance_refuses() {
+    let (w, name) = backed_up().await;
+    let w2 = World { faults: Faults::new(), ..World::new() };
+    let dir = TempDir::new().unwrap();
+    let deployed = create_deployment(dir.path(), false).unwrap();
+    let helper = PathBuf::from(&deployed[API].1).join("var/vcap/jobs/helper/bin/bbr");
+    std::fs::create_dir_all(&helper).unwrap();
+    for (script, body) in [("backup", "#!/bin/sh\n"), ("metadata", "#!/bin/sh\necho '---\nrestore_name: old'\n")] {
+        std::fs::write(helper.join(script), body).unwrap();
+        std::fs::set_permissions(helper.join(script), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let target = w2.target_over(&deployed);
+    let out = restore(&w.ctx(), &target, &w.store, &name, false).await;
+    let text = out.failures.render();
+    assert_eq!(out.failures.exit_code(), 1, "{text}");
+    assert!(text.contains("discontinued metadata keys backup_name/restore_name found on instance api"), "{text}");
+    assert_eq!(w2.faults.count(|op| matches!(op, Op::Receive(_) | Op::Script { kind: PreRestoreLock | Restore, .. })), 0);
+}
+
+/// bbr lists scripts with `find -type f`: a script that is a symlink is not run.
+#[tokio::test]
+async fn a_script_that_is_a_symlink_is_not_a_bbr_script() {
+    let w = World::new();
+    let real = w.roots[API].join("elsewhere.sh");
+    let marker = w.roots[API].join("symlinked-script-ran");
+    std::fs::write(&real, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = w.roots[API].join("var/vcap/jobs/linked/bin/bbr");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&real, dir.join("backup")).unwrap();
+    let out = w.backup().await;
+    assert!(out.failures.is_empty(), "{}", out.failures.render());
+    assert!(!marker.exists(), "the symlinked backup script ran");
+    assert!(!ran(&w, Backup).contains(&"linked".to_string()));
+    let name = out.artifact.unwrap();
+    assert!(!w.store_dir.join(&name).join("api-0-linked.tar").exists());
+}
+
+/// bbr's drain deletes each job's staging directory; when that fails it is a drain error
+/// (1), and the cleanup that follows fails too (16): 17. The data is complete, so the
+/// artifact is committed.
+#[tokio::test]
+async fn a_staging_directory_that_cannot_be_removed_after_its_drain_exits_17() {
+    let w = World::new();
+    w.fault(Some(DB), Match::RemoveDir, Action::Fail("device busy".into()));
+    w.fault(Some(DB), Match::RemoveRoot, Action::Fail("device busy".into()));
+    let out = w.backup().await;
+    let text = out.failures.render();
+    assert_eq!(out.failures.exit_code(), 17, "{text}");
+    assert!(text.contains("could not remove /var/vcap/store/bbr-backup/postgres on db/0 after draining it"), "{text}");
+    assert!(out.failures.needs_cleanup());
+    assert_eq!(w.committed().await.len(), 1, "the data is complete: the artifact is committed");
+
+    let w = World::new();
+    w.fault(Some(DB), Match::RemoveDir, Action::Fail("device busy".into()));
+    let out = w.backup().await;
+    assert_eq!(out.failures.exit_code(), 1, "{}", out.failures.render());
 }
 
 #[tokio::test]

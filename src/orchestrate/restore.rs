@@ -186,63 +186,92 @@ pub async fn open_and_verify_with(
     Ok(art)
 }
 
-/// bbr's "Restorable" checks, made stricter: every backed-up job must exist on its
-/// instance and have a restore script (bbr failed later, mid-restore, when one did not).
+/// bbr's "Restorable" checks (`restorable_step.go`), in its order, plus one bbr lacks:
+///
+/// - a `restore_name`/`backup_name` on any job of an instance that restores refuses;
+/// - a deployment with no restore script refuses;
+/// - every instance the backup's metadata lists must exist in the deployment (group and
+///   index, as bbr's `DeploymentMatches`);
+/// - [lockstep] every restorable job must have an artifact in the backup. bbr found a
+///   missing one only when its upload failed; a restore script that empties its data before
+///   loading the artifact must never run against nothing, so this refuses before any lock.
+///
+/// An artifact no job takes (no restore script, job gone or disabled, a custom artifact
+/// nobody restores) is not an error, as in bbr: it is left unrestored with a warning.
 async fn restorable_checks(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) -> Failures {
     let mut failures = Failures::default();
-    if dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && j.metadata.discontinued_restore_name)) {
-        let groups: BTreeSet<&str> = dep
-            .instances
-            .iter()
-            .filter(|d| d.jobs.iter().any(|j| j.restorable() && j.metadata.discontinued_restore_name))
-            .map(|d| d.id().group.as_str())
-            .collect();
-        for g in groups {
-            failures.push(
-                FailureKind::General,
-                anyhow!("discontinued metadata keys backup_name/restore_name found on instance {g}. bbr cannot restore this backup artifact."),
-            );
-        }
+    let restoring = |d: &&super::discover::DeployedInstance| d.jobs.iter().any(|j| j.restorable());
+    let groups: BTreeSet<&str> = dep
+        .instances
+        .iter()
+        .filter(restoring)
+        .filter(|d| d.jobs.iter().any(|j| j.metadata.discontinued_restore_name))
+        .map(|d| d.id().group.as_str())
+        .collect();
+    for g in groups {
+        failures.push(
+            FailureKind::General,
+            anyhow!("discontinued metadata keys backup_name/restore_name found on instance {g}. bbr cannot restore this backup artifact."),
+        );
     }
     if dep.jobs_where(|j| j.restorable()).is_empty() {
         failures.push(FailureKind::General, anyhow!("Deployment '{}' has no restore scripts", dep.name));
     }
-    let mut mismatches = Vec::new();
-    for entry in art.entries() {
-        let Some((group, index)) = &entry.instance else { continue };
-        match dep.instances.iter().find(|d| &d.id().group == group && &d.id().index == index) {
-            None => mismatches.push(format!("instance {group}/{index} is in the backup but not in the deployment")),
-            Some(d) => match d.jobs.iter().find(|j| j.name == entry.name) {
-                None => mismatches.push(format!("job {} on {group}/{index} is in the backup but not on the instance", entry.name)),
-                Some(j) if !j.restorable() => {
-                    mismatches.push(format!("job {} on {group}/{index} has no restore script", entry.name))
-                }
-                Some(_) => {}
-            },
-        }
+    let absent: Vec<String> = art
+        .metadata
+        .instances
+        .iter()
+        .filter(|m| !dep.instances.iter().any(|d| d.id().group == m.name && d.id().index == m.index))
+        .map(|m| format!("instance {}/{} is in the backup but not in the deployment", m.name, m.index))
+        .collect();
+    if !absent.is_empty() {
+        failures.push(
+            FailureKind::General,
+            anyhow!("Deployment '{}' does not match the structure of the provided backup:\n  {}", dep.name, absent.join("\n  ")),
+        );
     }
-    for custom in art.entries().iter().filter(|e| e.instance.is_none()) {
-        if !dep.instances.iter().any(|d| d.jobs.iter().any(|j| j.restorable() && j.takes_custom_artifact(&custom.name))) {
-            mismatches.push(format!("no restorable job in the deployment takes the custom artifact {}", custom.name));
-        }
-    }
+    let mut missing = Vec::new();
     for d in &dep.instances {
         for j in d.jobs.iter().filter(|j| j.restorable()) {
             let source = restore_source(j, art);
-            if source != j.artifact_name() && !art.metadata.custom_artifacts.iter().any(|c| c.name == source) {
-                mismatches.push(format!(
-                    "job {} on {} is backup_one_restore_all, but the backup has no artifact {source}",
-                    j.name,
-                    d.id()
-                ));
+            let present = if source == j.artifact_name() {
+                art.entries().iter().any(|e| e.name == source && e.instance.as_ref().is_some_and(|(g, i)| g == &d.id().group && i == &d.id().index))
+            } else {
+                art.metadata.custom_artifacts.iter().any(|c| c.name == source)
+            };
+            if !present {
+                missing.push(format!("job {} on {} (no artifact {source})", j.name, d.id()));
             }
         }
     }
-    if !mismatches.is_empty() {
+    if !missing.is_empty() {
         failures.push(
             FailureKind::General,
-            anyhow!("Deployment '{}' does not match the structure of the provided backup:\n  {}", dep.name, mismatches.join("\n  ")),
+            anyhow!(
+                "Deployment '{}' cannot be restored from this backup: these jobs have a restore script but no artifact in \
+                 it (added or scaled out since the backup?), and their restore scripts would run with nothing to restore:\n  {}",
+                dep.name,
+                missing.join("\n  ")
+            ),
         );
+    }
+    if failures.is_empty() {
+        let plan = upload_plan(dep, art);
+        for entry in art.entries() {
+            if !plan.iter().any(|(_, e)| e.name == entry.name && e.instance == entry.instance) {
+                let why = match &entry.instance {
+                    None => "no job in the deployment restores this custom artifact".to_string(),
+                    Some((g, i)) => {
+                        let on = dep.instances.iter().find(|d| &d.id().group == g && &d.id().index == i);
+                        match on.and_then(|d| d.jobs.iter().find(|j| j.name == entry.name)) {
+                            Some(_) => format!("job {} on {g}/{i} has no restore script", entry.name),
+                            None => format!("job {} is not on {g}/{i} (removed, or disabled with skip_bbr_scripts)", entry.name),
+                        }
+                    }
+                };
+                ctx.warn(format!("{} will not be restored: {why}", entry.file));
+            }
+        }
     }
     failures.extend(super::backup::artifact_dir_checks(ctx, dep).await);
     if let Err(c) = dep.lock_levels(Direction::Restore) {
@@ -274,7 +303,10 @@ fn upload_plan(dep: &Deployment, art: &StoredArtifact) -> Vec<(usize, ArtifactEn
         match &entry.instance {
             Some((g, i)) => {
                 let Some(pos) = dep.instances.iter().position(|d| &d.id().group == g && &d.id().index == i) else { continue };
-                let takes_own = dep.instances[pos].jobs.iter().any(|j| j.name == entry.name && restore_source(j, art) == entry.name);
+                let takes_own = dep.instances[pos]
+                    .jobs
+                    .iter()
+                    .any(|j| j.restorable() && j.name == entry.name && restore_source(j, art) == entry.name);
                 if takes_own {
                     plan.push((pos, entry));
                 }
