@@ -71,10 +71,11 @@ impl Instance for ShellInstance {
 
     async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>> {
         // The glob must stay unquoted; the root before it is quoted. NUL-separated so any
-        // file name survives.
+        // file name survives. Regular files only, as bbr's `find ... -type f`: a script that
+        // is itself a symlink is not a BBR script (a symlinked job directory still is).
         let root = quote(&self.path(JOBS_DIR));
         let cmd = format!(
-            "for f in {root}/*/bin/bbr/*; do if [ -f \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done"
+            "for f in {root}/*/bin/bbr/*; do if [ -f \"$f\" ] && [ ! -L \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done"
         );
         let out = self.run("finding BBR scripts", &cmd).await?;
         let prefix = self.transport.root();
