@@ -106,4 +106,17 @@ async fn restore_parity_with_bbr_over_ssh() {
     for vm in &fleet.vms {
         assert!(!vm.host_path("/var/vcap/store/bbr-backup").exists(), "staging left behind");
     }
+
+    // restore_name on any job of a restoring instance (here one without a restore script)
+    // refuses before anything runs, as bbr's HasMetadataRestoreNames.
+    api.install_script("helper", "backup", "#!/bin/sh\n");
+    api.install_script("helper", "metadata", "#!/bin/sh\necho '---\nrestore_name: old'\n");
+    clear(&fleet);
+    let r = restore(&ctx(), &target, &store, &name, false).await;
+    let text = r.failures.render();
+    assert_eq!(r.failures.exit_code(), 1, "{text}");
+    assert!(text.contains("discontinued metadata keys backup_name/restore_name found on instance api"), "{text}");
+    for vm in &fleet.vms {
+        assert!(calls(vm).is_empty(), "no script may run: {:?}", calls(vm));
+    }
 }
