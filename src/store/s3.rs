@@ -80,6 +80,19 @@ fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
     Ok(certs)
 }
 
+/// Is the endpoint's host an IP address or a single label (`minio`, `localhost`)? Then
+/// virtual-hosted requests (`bucket.HOST`) cannot work.
+pub fn endpoint_needs_path_style(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.starts_with('[') {
+        return true; // an IPv6 literal
+    }
+    let host = host_port.split(':').next().unwrap_or_default();
+    host.parse::<std::net::Ipv4Addr>().is_ok() || !host.contains('.')
+}
+
 impl S3Store {
     /// Builds the client; makes no request (see [`Store::preflight`]).
     pub fn new(config: &S3Config) -> anyhow::Result<Self> {
@@ -99,7 +112,9 @@ impl S3Store {
         }
         if let Some(endpoint) = &c.endpoint {
             let endpoint = endpoint.trim_end_matches('/');
-            if c.use_path_style {
+            // A bucket cannot be a label of an IP address or of a single-label host
+            // (`bucket.127.0.0.1` is no host at all): path style there, as the AWS CLI does.
+            if c.use_path_style || endpoint_needs_path_style(endpoint) {
                 b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
             } else {
                 // Virtual-hosted style against a custom endpoint: the bucket is a host label.
@@ -554,6 +569,20 @@ impl Store for S3Store {
         match self.inner.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.explain(e, &format!("deleting {key}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ip_and_single_label_endpoints_use_path_style() {
+        use super::endpoint_needs_path_style as p;
+        for e in ["http://127.0.0.1:9000", "https://10.0.0.9", "http://[::1]:9000", "http://minio:9000", "http://localhost:9000/", "http://user:pw@192.168.1.5:9000"] {
+            assert!(p(e), "{e}");
+        }
+        for e in ["https://s3.eu-west-1.amazonaws.com", "https://minio.example.com:9000", "storage.googleapis.com"] {
+            assert!(!p(e), "{e}");
         }
     }
 }
