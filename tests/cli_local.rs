@@ -346,3 +346,46 @@ fn demo_without_a_dir_leaves_nothing_behind() {
     assert!(!Path::new(dir).exists(), "{dir} is still there");
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "the demo left files in TMPDIR");
 }
+
+/// `list` lists every artifact: a damaged one (malformed lockstep.json) is named with the
+/// reason on stderr, after the good ones are listed, and makes the exit code 1; a store
+/// directory that does not exist is an error, not an empty store; names from the store
+/// cannot forge lines.
+#[test]
+fn list_shows_every_artifact_and_flags_the_damaged_ones() {
+    let tmp = TempDir::new().unwrap();
+    let src = create_deployment(&tmp.path().join("src"), true).unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    lockstep().args(["local", "--name", "cf"]).args(instance_args(&src)).args(["backup", "-a"]).arg(&store).assert().success();
+    let good = only_artifact(&store);
+    let copy = |to: &str| {
+        let status = std::process::Command::new("cp").arg("-a").arg(&good).arg(store.join(to)).status().unwrap();
+        assert!(status.success());
+    };
+    copy("cf_20200101T000000Z");
+    fs::write(store.join("cf_20200101T000000Z/lockstep.json"), "{\"format_version\": 1, truncated").unwrap();
+    copy("evil\nBackup created of cf_20200102T000000Z");
+
+    let out = lockstep().args(["list", "-a"]).arg(&store).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let good_name = good.file_name().unwrap().to_string_lossy();
+    assert!(stdout.contains(&*good_name), "the good artifact is still listed: {stdout}");
+    assert!(stderr.contains("error: cf_20200101T000000Z is damaged"), "{stderr}");
+    assert!(stdout.contains("evil\\nBackup created of cf_20200102T000000Z"), "escaped: {stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("Backup created")), "a name forged a line: {stdout}");
+
+    let missing = tmp.path().join("no-such-store");
+    lockstep()
+        .args(["list", "-a"])
+        .arg(&missing)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not exist"));
+    lockstep()
+        .args(["list", "--store", &format!("file://{}", missing.display())])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not exist"));
+}

@@ -40,28 +40,58 @@ pub(super) fn artifact_table(rows: &[(String, CommitMarker)], now: chrono::DateT
     out
 }
 
-/// Prints the table, or says the store holds nothing (on stderr: stdout stays the table).
-fn print_artifacts(rows: &[(String, CommitMarker)], store: &str) {
-    if rows.is_empty() {
-        eprintln!("No committed backup artifacts in {store}");
-    } else {
-        print!("{}", artifact_table(rows, chrono::Utc::now()));
+/// Text from a store (artifact names, error causes) with control characters escaped: a
+/// store must not be able to forge lines in the output.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// Prints the table of the committed artifacts, then every damaged one with the reason (on
+/// stderr); says so when the store holds none. Exit code 1 when any is damaged, after
+/// listing every other.
+fn print_artifacts(rows: &[(String, CommitMarker)], damaged: &[(String, String)], store: &str) -> i32 {
+    if rows.is_empty() && damaged.is_empty() {
+        eprintln!("No committed backup artifacts in {}", printable(store));
     }
+    if !rows.is_empty() {
+        let safe: Vec<(String, CommitMarker)> = rows.iter().map(|(n, m)| (printable(n), m.clone())).collect();
+        print!("{}", artifact_table(&safe, chrono::Utc::now()));
+    }
+    for (name, why) in damaged {
+        eprintln!("error: {} is damaged and cannot be used: {}", printable(name), printable(why));
+    }
+    if damaged.is_empty() { 0 } else { 1 }
+}
+
+/// A local store that does not exist is a typo, not an empty store.
+fn local_store_must_exist(dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("the store directory {} does not exist: check the path", dir.display());
+    }
+    Ok(())
 }
 
 pub(super) async fn list(ListArgs { artifact_path, store, s3 }: ListArgs) -> anyhow::Result<i32> {
     let store: Box<dyn Store> = match &store {
-        Some(url) => open_store(url, &s3)?,
-        None => Box::new(LocalStore::new(&artifact_path)),
+        Some(url) => {
+            if let Ok(StoreUrl::File(dir)) = StoreUrl::parse(url) {
+                local_store_must_exist(&dir)?;
+            }
+            open_store(url, &s3)?
+        }
+        None => {
+            local_store_must_exist(&artifact_path)?;
+            Box::new(LocalStore::new(&artifact_path))
+        }
     };
-    let mut rows = Vec::new();
+    let (mut rows, mut damaged) = (Vec::new(), Vec::new());
     for name in stored::list(store.as_ref()).await? {
-        let art = stored::open(store.as_ref(), &name, false).await?;
-        let m = art.marker.context("listed artifacts are committed")?;
-        rows.push((name, m));
+        match stored::open(store.as_ref(), &name, false).await {
+            Ok(art) => rows.push((name, art.marker.context("listed artifacts are committed")?)),
+            Err(e) => damaged.push((name, format!("{e:#}"))),
+        }
     }
-    print_artifacts(&rows, &store.describe());
-    Ok(0)
+    Ok(print_artifacts(&rows, &damaged, &store.describe()))
 }
 
 pub(super) async fn verify(ctx: &Ctx, VerifyArgs { artifact, artifact_path, store, identity, s3 }: VerifyArgs) -> anyhow::Result<i32> {
@@ -190,13 +220,17 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             (f, t, "restore-cleanup")
         }
         RunAction::List => {
-            let mut rows = Vec::new();
-            for name in service::committed(&cfg).await? {
-                let art = service::describe(&cfg, &name).await?;
-                rows.push((name, art.marker.context("committed")?));
+            if let crate::config::StoreConfig::Local(dir) = &cfg.store {
+                local_store_must_exist(dir)?;
             }
-            print_artifacts(&rows, &cfg.store.describe());
-            return Ok(0);
+            let (mut rows, mut damaged) = (Vec::new(), Vec::new());
+            for name in service::committed(&cfg).await? {
+                match service::describe(&cfg, &name).await {
+                    Ok(art) => rows.push((name, art.marker.context("committed")?)),
+                    Err(e) => damaged.push((name, format!("{e:#}"))),
+                }
+            }
+            return Ok(print_artifacts(&rows, &damaged, &cfg.store.describe()));
         }
         RunAction::Verify { artifact } => {
             let name = match artifact {
