@@ -272,11 +272,37 @@ struct S3Writer {
 }
 
 impl S3Writer {
+    /// Records a failure and aborts what was started: the sibling parts still uploading are
+    /// stopped and the multipart upload is aborted, so no parts stay in the bucket (billed,
+    /// unseen) after an upload that can no longer commit.
     fn fail(&mut self, e: object_store::Error, doing: &str) -> io::Error {
         let err = explain(&self.config, e, doing);
         let msg = format!("{err:#}");
-        self.state = State::Failed(msg.clone());
+        match std::mem::replace(&mut self.state, State::Failed(msg.clone())) {
+            State::Uploading { upload, parts } => {
+                for p in parts.iter() {
+                    p.abort();
+                }
+                self.track_abort(abort_upload(upload, parts));
+            }
+            State::Starting { fut, .. } => self.track_abort(async move {
+                if let Ok(mut u) = fut.await {
+                    let _ = u.abort().await;
+                }
+            }),
+            _ => {}
+        }
         io::Error::other(msg)
+    }
+
+    /// Runs an abort in the background; [`S3Store::list`] and [`ObjectWriter::abort`] wait
+    /// for it.
+    fn track_abort(&mut self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let task = handle.spawn(fut);
+        let mut pending = self.pending_aborts.lock().unwrap();
+        pending.retain(|h| !h.is_finished());
+        pending.push(task);
     }
 
     /// Hands the full (or, at shutdown, final) buffer to the upload.
@@ -352,28 +378,28 @@ impl S3Writer {
 
     /// Aborts whatever was started, in the background (for `Drop`).
     fn abort_in_background(&mut self) {
-        let state = std::mem::replace(&mut self.state, State::Finished);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        let task = match state {
-            State::Starting { fut, .. } => handle.spawn(async move {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::Starting { fut, .. } => self.track_abort(async move {
                 if let Ok(mut u) = fut.await {
                     let _ = u.abort().await;
                 }
             }),
-            State::Uploading { upload, parts } => handle.spawn(abort_upload(upload, parts)),
-            _ => return,
-        };
-        let mut pending = self.pending_aborts.lock().unwrap();
-        pending.retain(|h| !h.is_finished());
-        pending.push(task);
+            State::Uploading { upload, parts } => self.track_abort(abort_upload(upload, parts)),
+            _ => {}
+        }
     }
 }
 
-/// Aborts a multipart upload. Parts still uploading are let finish first (for a bounded
-/// time): a part that lands after the abort would stay in the bucket, billed and unseen.
+/// Aborts a multipart upload. Parts still uploading are let finish (or, after a failure,
+/// their cancellation complete) first, for a bounded time: a part that lands after the
+/// abort would stay in the bucket, billed and unseen. S3 may still take a part that was in
+/// flight during the abort, so the abort is sent twice, as AWS advises.
 async fn abort_upload(mut upload: Box<dyn MultipartUpload>, parts: FuturesUnordered<JoinHandle<object_store::Result<()>>>) {
     let _ = tokio::time::timeout(Duration::from_secs(60), parts.collect::<Vec<_>>()).await;
-    let _ = upload.abort().await;
+    if upload.abort().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = upload.abort().await;
+    }
 }
 
 impl AsyncWrite for S3Writer {
@@ -480,6 +506,10 @@ impl ObjectWriter for S3Writer {
     }
 
     async fn abort(mut self: Box<Self>) {
+        // An abort a failure already started: wait for it, so the caller knows the bucket
+        // holds nothing of this object when this returns.
+        let started: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pending_aborts.lock().unwrap());
+        let _ = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(started)).await;
         match std::mem::replace(&mut self.state, State::Finished) {
             State::Starting { fut, .. } => {
                 if let Ok(Ok(mut u)) = tokio::time::timeout(Duration::from_secs(30), fut).await {

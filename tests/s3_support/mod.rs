@@ -7,9 +7,14 @@
 //! - [`Moto`]: moto's server 5.2.5 with TLS, its certificate signed by a CA made for the
 //!   test (custom CA bundle, `skip_ssl_verification`). Starts in about 4 s.
 //!
+//! - [`fault_proxy::FaultProxy`]: an HTTP proxy in front of either that answers chosen
+//!   requests with a fault (a 500, a dropped connection).
+//!
 //! `ci/setup` installs both. When one is missing the test prints a skip notice and
 //! returns, unless `LOCKSTEP_REQUIRE_SERVERS=1` (set by `ci/test`): then it fails.
 #![allow(dead_code)]
+
+pub mod fault_proxy;
 
 use lockstep::store::url::S3Config;
 use std::net::{TcpListener, TcpStream};
