@@ -65,3 +65,47 @@ async fn a_part_refused_on_every_retry_aborts_the_upload() {
 async fn a_connection_dropped_on_every_retry_aborts_the_upload() {
     failing_upload(Fault::Drop).await;
 }
+
+/// An object that vanishes while the backup runs (here: deleted on the server the moment
+/// the commit begins, as a prune or a lifecycle rule would) is noticed before the commit
+/// marker is written: the backup fails and nothing is committed.
+#[test]
+fn an_object_that_vanished_before_the_commit_is_not_committed() {
+    use assert_cmd::Command;
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("backups");
+    let root = server.object_path("backups", "");
+    let deleted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = deleted.clone();
+    let proxy = FaultProxy::start(
+        server.port,
+        Arc::new(move |method: &str, target: &str| {
+            if method == "PUT" && target.split('?').next().unwrap_or_default().ends_with("/metadata") {
+                for f in s3_support::walk(&root) {
+                    if f.ends_with("db-0-postgres.tar.zst") {
+                        std::fs::remove_file(root.join(&f)).unwrap();
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            None
+        }),
+    );
+    let tmp = tempfile::TempDir::new().unwrap();
+    let src = lockstep::frontend::demo::create_deployment(&tmp.path().join("src"), true).unwrap();
+    let url = format!("s3://backups/p?endpoint={}&region_name=us-east-1&max_retries=1", proxy.endpoint());
+    let mut c = Command::cargo_bin("lockstep").unwrap();
+    c.envs(server.env()).args(["local", "--name", "cf"]);
+    for (id, root) in &src {
+        c.arg("--instance").arg(format!("{id}={root}"));
+    }
+    let out = c.args(["backup", "--store", &url]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(deleted.load(Ordering::SeqCst), "the fault never fired: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to commit") && err.contains("db-0-postgres.tar.zst is missing"), "{err}");
+    let Some(mut aws) = server.aws() else { panic!("the AWS CLI is missing: run ci/setup") };
+    let ls = aws.args(["s3", "ls", "--recursive", "s3://backups/p/"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(!listing.contains("lockstep.json"), "committed anyway: {listing}");
+}

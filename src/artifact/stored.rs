@@ -54,10 +54,32 @@ impl<'s> ArtifactWriter<'s> {
         self.objects.lock().unwrap().clone()
     }
 
-    /// Writes `metadata`, then the marker: after this the artifact exists.
+    /// Writes `metadata`, checks that every object the marker will name is in the store with
+    /// the size written, then writes the marker: after this the artifact exists. The check
+    /// trusts the store, not this writer's memory: an object that vanished while the backup
+    /// ran (a prune, a lifecycle rule, an operator) must not be committed as a good backup.
     pub async fn commit(&self, metadata: &BackupMetadata, mut marker: CommitMarker) -> anyhow::Result<()> {
         self.put(METADATA_FILE, metadata.to_yaml()?.as_bytes()).await?;
         marker.objects = self.objects();
+        let prefix = format!("{}/", self.name);
+        let present: BTreeMap<String, u64> =
+            self.store.list(&prefix).await?.into_iter().map(|o| (o.key[prefix.len()..].to_string(), o.size)).collect();
+        let mut problems = Vec::new();
+        for (file, object) in &marker.objects {
+            match present.get(file) {
+                None => problems.push(format!("{file} is missing")),
+                Some(&size) if size != object.size => problems.push(format!("{file} holds {size} bytes, {} were written", object.size)),
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "refusing to commit {}: {} in {} (removed or changed while the backup ran: a prune, a lifecycle rule?)",
+                self.name,
+                problems.join(", "),
+                self.store.describe()
+            );
+        }
         store::write_all(self.store, &self.key(MARKER_FILE), &marker.to_json()?).await?;
         Ok(())
     }
@@ -374,4 +396,34 @@ pub async fn fetch(src: &dyn Store, name: &str, dest: &dyn Store, ids: &Identiti
     m.set_codec(&Codec::plain());
     m.objects = writer.objects();
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    #[tokio::test]
+    async fn commit_refuses_when_an_object_vanished_or_changed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::new(dir.path());
+        let meta = BackupMetadata::default();
+        for (name, damage) in [("cf_20261201T000000Z", "delete"), ("cf_20261202T000000Z", "truncate")] {
+            let w = ArtifactWriter::new(&store, name);
+            w.put("api-0-cc.tar", b"tar bytes").await.unwrap();
+            w.put("db-0-pg.tar", b"more tar bytes").await.unwrap();
+            let key = format!("{name}/db-0-pg.tar");
+            match damage {
+                "delete" => store.delete(&key).await.unwrap(),
+                _ => std::fs::write(dir.path().join(&key), b"short").unwrap(),
+            }
+            let e = w.commit(&meta, CommitMarker::new("cf", name)).await.unwrap_err().to_string();
+            assert!(e.contains("refusing to commit") && e.contains("db-0-pg.tar"), "{e}");
+            assert!(!dir.path().join(name).join(MARKER_FILE).exists(), "committed anyway");
+        }
+        let w = ArtifactWriter::new(&store, "cf_20261203T000000Z");
+        w.put("api-0-cc.tar", b"tar bytes").await.unwrap();
+        w.commit(&meta, CommitMarker::new("cf", "cf_20261203T000000Z")).await.unwrap();
+        assert!(dir.path().join("cf_20261203T000000Z").join(MARKER_FILE).exists());
+    }
 }
