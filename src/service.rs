@@ -79,13 +79,16 @@ async fn release(target: &dyn crate::target::Target, failures: &mut Failures) {
 
 /// Committed artifacts of the configured deployment (all deployments without a target),
 /// oldest first.
-pub async fn committed(cfg: &Config) -> anyhow::Result<Vec<String>> {
+/// The deployment's committed artifacts, oldest first, and the store's warnings (a primary
+/// store that could not be listed, so a replica answered), for the caller to show.
+pub async fn committed(cfg: &Config) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let store = cfg.open_store()?;
     let names = stored::list(store.as_ref()).await?;
-    Ok(match cfg.deployment_name() {
+    let names = match cfg.deployment_name() {
         Some(d) => names.into_iter().filter(|n| parse_artifact_name(n).is_some_and(|(dep, _)| dep == d)).collect(),
         None => names,
-    })
+    };
+    Ok((names, store.warnings()))
 }
 
 /// Opens a committed artifact's marker and metadata.
@@ -156,7 +159,7 @@ pub fn codec_of(marker: &CommitMarker) -> String {
 
 /// The newest committed artifact, for actions that default to it.
 pub async fn newest(cfg: &Config) -> anyhow::Result<String> {
-    committed(cfg).await?.pop().ok_or_else(|| {
+    committed(cfg).await?.0.pop().ok_or_else(|| {
         anyhow!("no committed artifact in {}{}", cfg.store.describe(), cfg.deployment_name().map(|d| format!(" for {d}")).unwrap_or_default())
     })
 }

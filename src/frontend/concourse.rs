@@ -125,7 +125,10 @@ fn jobs_summary(m: &crate::artifact::BackupMetadata) -> String {
 }
 
 pub async fn check(req: &Request) -> anyhow::Result<Value> {
-    let names = service::committed(&req.config).await?;
+    let (names, warnings) = service::committed(&req.config).await?;
+    for w in warnings {
+        eprintln!("WARNING: {w}");
+    }
     let from = match &req.version {
         None => names.len().saturating_sub(1),
         Some(v) => match names.iter().position(|n| n == v) {

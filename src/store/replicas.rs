@@ -48,6 +48,8 @@ impl Shared {
 pub struct ReplicaStore {
     stores: Vec<Box<dyn Store>>,
     shared: Arc<Shared>,
+    /// Lists answered by a later store because the ones before it failed.
+    list_fallbacks: Mutex<Vec<String>>,
 }
 
 impl ReplicaStore {
@@ -60,7 +62,11 @@ impl ReplicaStore {
             anyhow::bail!("--min-stores {min_stores} must be between 1 and the number of stores ({})", stores.len());
         }
         let names = stores.iter().map(|s| s.describe()).collect();
-        Ok(ReplicaStore { stores, shared: Arc::new(Shared { names, min: min_stores, failed: Mutex::new(BTreeMap::new()) }) })
+        Ok(ReplicaStore {
+            stores,
+            shared: Arc::new(Shared { names, min: min_stores, failed: Mutex::new(BTreeMap::new()) }),
+            list_fallbacks: Mutex::new(Vec::new()),
+        })
     }
 
     fn live(&self) -> Vec<usize> {
@@ -101,10 +107,13 @@ impl Store for ReplicaStore {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.failed()
+        let mut w: Vec<String> = self
+            .failed()
             .into_iter()
             .map(|(name, why)| format!("the copy in {name} is missing: that store failed ({why})"))
-            .collect()
+            .collect();
+        w.extend(self.list_fallbacks.lock().unwrap().iter().cloned());
+        w
     }
 
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
@@ -154,8 +163,19 @@ impl Store for ReplicaStore {
                 continue;
             }
             match s.list(prefix).await {
-                Ok(l) => return Ok(l),
-                Err(e) => errors.push(format!("{}: {e:#}", s.describe())),
+                Ok(l) => {
+                    // Listing a replica because the stores before it failed is not silent:
+                    // a missing primary bucket must not pass unnoticed.
+                    if !errors.is_empty() {
+                        self.list_fallbacks.lock().unwrap().push(format!(
+                            "listed {} instead: {}",
+                            s.describe(),
+                            errors.join("; ")
+                        ));
+                    }
+                    return Ok(l);
+                }
+                Err(e) => errors.push(format!("{} could not be listed: {e:#}", s.describe())),
             }
         }
         Err(anyhow!("no store could be listed:\n  {}", errors.join("\n  ")))

@@ -224,7 +224,11 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
                 local_store_must_exist(dir)?;
             }
             let (mut rows, mut damaged) = (Vec::new(), Vec::new());
-            for name in service::committed(&cfg).await? {
+            let (names, warnings) = service::committed(&cfg).await?;
+            for w in warnings {
+                ctx.warn(w);
+            }
+            for name in names {
                 match service::describe(&cfg, &name).await {
                     Ok(art) => rows.push((name, art.marker.context("committed")?)),
                     Err(e) => damaged.push((name, format!("{e:#}"))),
