@@ -38,6 +38,11 @@ impl<'s> ArtifactWriter<'s> {
         self.store.create(&self.key(file)).await
     }
 
+    /// [`ArtifactWriter::create`] with the number of bytes expected (see [`Store::create_sized`]).
+    pub async fn create_sized(&self, file: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        self.store.create_sized(&self.key(file), size_hint).await
+    }
+
     /// Notes a committed object for the marker.
     pub fn record(&self, file: &str, object: StoredObject) {
         self.objects.lock().unwrap().insert(file.to_string(), object);

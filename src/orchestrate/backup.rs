@@ -354,7 +354,10 @@ async fn drain_one(
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: job.name.clone(), size });
     let start = Instant::now();
 
-    let object = writer.create(&file).await?;
+    // The directory's size bounds the stored object's (compression only shrinks it, but
+    // for a few bytes of framing): the store sizes its parts from it.
+    let hint = (size > 0).then(|| size + size / 100 + 1024 * 1024);
+    let object = writer.create_sized(&file, hint).await?;
     let events = ctx.events.clone();
     let (pid, pjob) = (id.clone(), job.name.clone());
     let progress = percent_steps(size, 10, move |bytes, _| {

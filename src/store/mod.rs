@@ -52,6 +52,13 @@ pub trait Store: Send + Sync {
         Vec::new()
     }
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>>;
+    /// [`Store::create`], told about how many bytes will be written (the artifact
+    /// directory's size, known before its drain), so a store with a limit on parts can size
+    /// them, and refuse an object that cannot fit before its first byte.
+    async fn create_sized(&self, key: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        let _ = size_hint;
+        self.create(key).await
+    }
     /// Opens an object for streaming; a missing key is a [`NotFound`] error.
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>>;
     /// Every committed object whose key starts with `prefix`, sorted by key.

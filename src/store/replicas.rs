@@ -117,8 +117,12 @@ impl Store for ReplicaStore {
     }
 
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        self.create_sized(key, None).await
+    }
+
+    async fn create_sized(&self, key: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
         let live = self.live();
-        let results = futures::future::join_all(live.iter().map(|&i| self.stores[i].create(key))).await;
+        let results = futures::future::join_all(live.iter().map(|&i| self.stores[i].create_sized(key, size_hint))).await;
         let mut writers = Vec::new();
         for (&i, r) in live.iter().zip(results) {
             match r {

@@ -37,9 +37,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
-/// Default multipart part size: 16 MiB keeps S3's 10,000-part limit at 156 GiB per object
-/// and memory at about 80 MiB per upload.
+/// Default (first) multipart part size: about 80 MiB of memory per upload. Larger objects
+/// get larger parts (see `PartSizer`), so S3's 10,000-part limit never caps them below 5 TiB.
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// S3's limits: parts per upload, bytes per part, bytes per object.
+pub const S3_MAX_PARTS: u64 = 10_000;
+pub const S3_MAX_PART: usize = 5 * 1024 * 1024 * 1024;
+pub const S3_MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// Parts uploading concurrently per object.
 pub const PARTS_IN_FLIGHT: usize = 4;
 /// Parts uploading concurrently per store, across every object being written (parallel
@@ -51,6 +55,7 @@ pub struct S3Store {
     inner: Arc<dyn ObjectStore>,
     config: S3Config,
     part_size: usize,
+    max_parts: u64,
     /// Aborts started by writers dropped mid-upload (a cancelled drain). Listing waits for
     /// them, so the cleanup after a stopped backup (which lists, then deletes) finds no
     /// upload still open in the bucket.
@@ -150,7 +155,8 @@ impl S3Store {
         });
         let inner = b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?;
         let part_size = c.part_size_mib.map(|m| m as usize * 1024 * 1024).unwrap_or(DEFAULT_PART_SIZE);
-        Ok(S3Store { inner: Arc::new(inner), config: c.clone(), part_size,
+        let max_parts = c.max_parts.unwrap_or(S3_MAX_PARTS).clamp(1, S3_MAX_PARTS);
+        Ok(S3Store { inner: Arc::new(inner), config: c.clone(), part_size, max_parts,
             pending_aborts: Default::default(),
             parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
         })
@@ -231,6 +237,53 @@ pub fn explain(c: &S3Config, e: object_store::Error, doing: &str) -> anyhow::Err
     anyhow!("{chain}").context(advice)
 }
 
+/// How big each part of one upload is. S3 allows `max_parts` parts per upload, so a
+/// fixed part size caps the object (16 MiB x 10,000 = 156 GiB) and a 1 TB blobstore would
+/// fail after 156 GiB had been sent. With the object's size known in advance, the first
+/// part size already fits it in 90% of the parts; past those (the estimate was low), or
+/// from the start without one, the part size doubles every tenth of the parts left, which
+/// reaches S3's 5 TiB object limit before the part limit. Memory grows only with the parts
+/// an object needs.
+#[derive(Debug, Clone)]
+struct PartSizer {
+    first: usize,
+    max_parts: u64,
+    /// Parts handed to the upload so far.
+    sent: u64,
+    /// Parts after which growth starts: the count the size hint planned for, or none.
+    planned: u64,
+}
+
+impl PartSizer {
+    fn new(base: usize, max_parts: u64, size_hint: Option<u64>) -> anyhow::Result<PartSizer> {
+        let (mut first, mut planned) = (base, 0);
+        if let Some(size) = size_hint {
+            if size > S3_MAX_OBJECT.min(max_parts * S3_MAX_PART as u64) {
+                anyhow::bail!("about {size} bytes cannot be one S3 object: the most is {S3_MAX_OBJECT} bytes (5 TiB)");
+            }
+            let parts = (max_parts * 9 / 10).max(1);
+            first = first.max(size.div_ceil(parts) as usize).min(S3_MAX_PART);
+            planned = parts;
+        }
+        Ok(PartSizer { first, max_parts, sent: 0, planned })
+    }
+
+    /// The size of the next part, once one of `current` bytes was handed over.
+    fn next(&mut self, current: usize) -> usize {
+        self.sent += 1;
+        if self.sent < self.planned {
+            return current;
+        }
+        let tier = (self.max_parts - self.planned).div_ceil(10).max(1);
+        if (self.sent - self.planned).is_multiple_of(tier) { current.saturating_mul(2).min(S3_MAX_PART) } else { current }
+    }
+
+    /// The part being filled is the last one the upload may have.
+    fn is_last(&self) -> bool {
+        self.sent + 1 >= self.max_parts
+    }
+}
+
 type StartFuture = BoxFuture<'static, object_store::Result<Box<dyn MultipartUpload>>>;
 type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
@@ -263,7 +316,9 @@ struct S3Writer {
     store: Arc<dyn ObjectStore>,
     config: S3Config,
     path: Path,
+    /// The size of the part being filled (see [`PartSizer`]).
     part_size: usize,
+    sizer: PartSizer,
     buf: Vec<u8>,
     state: State,
     size: u64,
@@ -277,7 +332,10 @@ impl S3Writer {
     /// unseen) after an upload that can no longer commit.
     fn fail(&mut self, e: object_store::Error, doing: &str) -> io::Error {
         let err = explain(&self.config, e, doing);
-        let msg = format!("{err:#}");
+        self.fail_with(format!("{err:#}"))
+    }
+
+    fn fail_with(&mut self, msg: String) -> io::Error {
         match std::mem::replace(&mut self.state, State::Failed(msg.clone())) {
             State::Uploading { upload, parts } => {
                 for p in parts.iter() {
@@ -364,6 +422,7 @@ impl S3Writer {
     fn send_part(&mut self) {
         let part = self.take_part();
         let permit = self.permit.take();
+        self.part_size = self.sizer.next(self.part_size);
         match &mut self.state {
             State::Buffering => {
                 let store = self.store.clone();
@@ -412,6 +471,13 @@ impl AsyncWrite for S3Writer {
         // while a full part waits for a place in the store's budget.
         ready!(this.poll_progress(cx, PARTS_IN_FLIGHT))?;
         if this.buf.len() == this.part_size {
+            if this.sizer.is_last() {
+                let msg = format!(
+                    "{} does not fit in one S3 object: {} bytes in {} parts is the most an upload may hold",
+                    this.path, this.size, this.sizer.max_parts
+                );
+                return Poll::Ready(Err(this.fail_with(msg)));
+            }
             ready!(this.poll_permit(cx));
             this.send_part();
             ready!(this.poll_progress(cx, PARTS_IN_FLIGHT))?;
@@ -426,7 +492,7 @@ impl AsyncWrite for S3Writer {
         }
         this.buf.extend_from_slice(&data[..n]);
         this.size += n as u64;
-        if this.buf.len() == this.part_size && this.poll_permit(cx).is_ready() {
+        if this.buf.len() == this.part_size && !this.sizer.is_last() && this.poll_permit(cx).is_ready() {
             this.send_part();
             // Start the request now rather than on the next write.
             if let Poll::Ready(Err(e)) = this.poll_progress(cx, usize::MAX) {
@@ -538,7 +604,13 @@ impl Store for S3Store {
     }
 
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
+        self.create_sized(key, None).await
+    }
+
+    async fn create_sized(&self, key: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
         let path = self.path(key)?;
+        let sizer = PartSizer::new(self.part_size, self.max_parts, size_hint)
+            .with_context(|| format!("storing {key} in {}", self.describe()))?;
         Ok(Box::new(S3Writer {
             pending_aborts: self.pending_aborts.clone(),
             budget: tokio_util::sync::PollSemaphore::new(self.parts_budget.clone()),
@@ -546,7 +618,8 @@ impl Store for S3Store {
             store: self.inner.clone(),
             config: self.config.clone(),
             path,
-            part_size: self.part_size,
+            part_size: sizer.first,
+            sizer,
             buf: Vec::new(),
             state: State::Buffering,
             size: 0,
@@ -605,6 +678,30 @@ impl Store for S3Store {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The bytes the parts of an upload can hold, part by part as the writer asks.
+    fn capacity(mut s: PartSizer) -> u64 {
+        let (mut size, mut total) = (s.first, 0u64);
+        while !s.is_last() {
+            total += size as u64;
+            size = s.next(size);
+        }
+        total + size as u64
+    }
+
+    #[test]
+    fn parts_grow_so_any_object_up_to_5_tib_fits() {
+        let mib = 1024 * 1024;
+        let unsized_ = PartSizer::new(16 * mib, S3_MAX_PARTS, None).unwrap();
+        assert!(capacity(unsized_) >= S3_MAX_OBJECT, "without a hint the parts must still reach 5 TiB");
+        let one_tb = 1_000_000_000_000u64;
+        let sized = PartSizer::new(16 * mib, S3_MAX_PARTS, Some(one_tb)).unwrap();
+        assert!(sized.first < 128 * mib && sized.first as u64 * 9000 >= one_tb, "{}", sized.first);
+        assert!(PartSizer::new(16 * mib, S3_MAX_PARTS, Some(S3_MAX_OBJECT + 1)).is_err());
+        // A small object keeps the configured part size.
+        assert_eq!(PartSizer::new(16 * mib, S3_MAX_PARTS, Some(100 * mib as u64)).unwrap().first, 16 * mib);
+    }
     #[test]
     fn ip_and_single_label_endpoints_use_path_style() {
         use super::endpoint_needs_path_style as p;

@@ -66,6 +66,10 @@ pub struct S3Config {
     /// Give up retrying one request after this many seconds; default 180.
     #[serde(default)]
     pub retry_timeout_seconds: Option<u64>,
+    /// The most parts one multipart upload may have: S3's 10,000 by default; lower for
+    /// S3-compatible servers with a lower limit.
+    #[serde(default)]
+    pub max_parts: Option<u64>,
 }
 
 impl S3Config {
@@ -87,6 +91,7 @@ impl S3Config {
         "part_size_mib",
         "max_retries",
         "retry_timeout_seconds",
+        "max_parts",
     ];
     /// The options a store URL's query takes (`s3://BUCKET/PREFIX?key=value&...`): the
     /// source keys without the bucket and prefix (they are the URL's path) and without the
@@ -102,6 +107,7 @@ impl S3Config {
         "part_size_mib",
         "max_retries",
         "retry_timeout_seconds",
+        "max_parts",
     ];
     /// Keys that hold secrets: never accepted in a URL, never printed.
     pub const SECRET_KEYS: &'static [&'static str] = &["access_key_id", "secret_access_key", "session_token"];
@@ -196,6 +202,7 @@ impl fmt::Debug for S3Config {
             .field("part_size_mib", &self.part_size_mib)
             .field("max_retries", &self.max_retries)
             .field("retry_timeout_seconds", &self.retry_timeout_seconds)
+            .field("max_parts", &self.max_parts)
             .finish()
     }
 }
@@ -282,6 +289,7 @@ impl StoreUrl {
                 "part_size_mib" => c.part_size_mib = Some(num(&v)?),
                 "max_retries" => c.max_retries = Some(num(&v)? as usize),
                 "retry_timeout_seconds" => c.retry_timeout_seconds = Some(num(&v)?),
+                "max_parts" => c.max_parts = Some(num(&v)?),
                 _ => bail!("store URL: unknown option {key:?}; allowed: {}", S3Config::QUERY_KEYS.join(", ")),
             }
         }
