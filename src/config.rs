@@ -155,6 +155,33 @@ fn flag(v: &Value, at: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// Concourse variables arrive as text and YAML turns unquoted digits into numbers: a
+/// numeric secret key or `use_path_style: "true"` must mean what the operator meant.
+fn coerce_scalars(obj: &mut Map<String, Value>) {
+    const FLAGS: &[&str] = &["use_path_style", "skip_ssl_verification", "enable_aws_creds_provider"];
+    const NUMBERS: &[&str] = &["part_size_mib", "max_retries", "retry_timeout_seconds", "max_parts"];
+    for (k, v) in obj.iter_mut() {
+        let replacement = match &*v {
+            Value::String(t) if FLAGS.contains(&k.as_str()) && (t == "true" || t == "false") => Some(Value::Bool(t == "true")),
+            Value::String(t) if NUMBERS.contains(&k.as_str()) => t.trim().parse::<u64>().ok().map(Value::from),
+            Value::Number(n) if !FLAGS.contains(&k.as_str()) && !NUMBERS.contains(&k.as_str()) => Some(Value::String(n.to_string())),
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            *v = r;
+        }
+    }
+}
+
+/// A serde message with every `quoted` value replaced by `...`.
+fn without_quoted_values(msg: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in msg.split('`').enumerate() {
+        out.push_str(if i % 2 == 1 { "..." } else { part });
+    }
+    out
+}
+
 fn duration(v: &Value, at: &str) -> anyhow::Result<Duration> {
     parse_duration(&string(v, at)?).with_context(|| at.to_string())
 }
@@ -178,8 +205,11 @@ impl StoreConfig {
                 if !s3.contains_key("bucket") {
                     bail!("{at}: needs `bucket` (an S3 store) or `path` (a local directory)");
                 }
-                let mut config: S3Config =
-                    serde_json::from_value(Value::Object(s3)).map_err(|e| anyhow!("{at}: {e}"))?;
+                coerce_scalars(&mut s3);
+                // serde quotes the offending value (`invalid type: integer `9876...``): it
+                // could be a secret, so the message keeps only what is between the quotes.
+                let mut config: S3Config = serde_json::from_value(Value::Object(s3))
+                    .map_err(|e| anyhow!("{at}: {}", without_quoted_values(&e.to_string())))?;
                 config.fill_from_env();
                 config.validate().with_context(|| at.to_string())?;
                 StoreConfig::S3(Box::new(config))
@@ -483,10 +513,21 @@ mod tests {
     }
 
     #[test]
+    fn numeric_secrets_and_string_flags_mean_what_they_say_and_are_never_echoed() {
+        let c = Config::parse("store:\n  bucket: bkt\n  access_key_id: 123456789\n  secret_access_key: 987654321012345\n  use_path_style: \"true\"\n  max_retries: \"3\"\n").unwrap();
+        let crate::config::StoreConfig::S3(s3) = &c.store else { panic!() };
+        assert_eq!(s3.secret_access_key.as_deref(), Some("987654321012345"));
+        assert!(s3.use_path_style);
+        assert_eq!(s3.max_retries, Some(3));
+        let e = format!("{:#}", Config::parse(r#"{"store": {"bucket": "bkt", "secret_access_key": [987654321012345]}}"#).unwrap_err());
+        assert!(!e.contains("987654321012345"), "{e}");
+    }
+
+    #[test]
     fn yaml_works_too() {
-        let c = Config::parse("store:\n  bucket: b\n  endpoint: http://127.0.0.1:9000\n  access_key_id: AKIA1234\n  secret_access_key: s3cr3t\n").unwrap();
+        let c = Config::parse("store:\n  bucket: bkt\n  endpoint: http://127.0.0.1:9000\n  access_key_id: AKIA1234\n  secret_access_key: s3cr3t\n").unwrap();
         assert!(c.target.is_none());
-        assert_eq!(c.store.describe(), "s3://b at http://127.0.0.1:9000");
+        assert_eq!(c.store.describe(), "s3://bkt at http://127.0.0.1:9000");
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 

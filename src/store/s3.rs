@@ -103,9 +103,20 @@ impl S3Store {
     pub fn new(config: &S3Config) -> anyhow::Result<Self> {
         config.validate()?;
         let c = config;
-        // The credential chain (web identity, container and instance roles) comes from
-        // the environment; explicit values below win over it.
-        let mut b = AmazonS3Builder::from_env()
+        if c.access_key_id.is_none() && !c.enable_aws_creds_provider {
+            anyhow::bail!(
+                "no S3 credentials for {}: give access_key_id and secret_access_key (AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or --s3-access-key-id/--s3-secret-access-key), or set \
+                 enable_aws_creds_provider: true (enable_aws_creds_provider=true in a store URL) to use this machine's \
+                 IAM role",
+                c.describe()
+            );
+        }
+        // With enable_aws_creds_provider the credential chain (web identity, container and
+        // instance roles) comes from the environment; explicit values below win over it.
+        // Without it nothing is taken from there but what fill_from_env already read.
+        let base = if c.enable_aws_creds_provider { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
+        let mut b = base
             .with_bucket_name(&c.bucket)
             .with_region(c.region_name.clone().unwrap_or_else(|| "us-east-1".to_string()));
         if let (Some(key), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
@@ -688,6 +699,15 @@ mod tests {
             size = s.next(size);
         }
         total + size as u64
+    }
+
+    #[test]
+    fn without_keys_the_machine_role_is_used_only_when_enabled() {
+        let mut c = S3Config { bucket: "backups".into(), region_name: Some("us-east-1".into()), ..Default::default() };
+        let e = format!("{:#}", S3Store::new(&c).unwrap_err());
+        assert!(e.contains("no S3 credentials") && e.contains("enable_aws_creds_provider"), "{e}");
+        c.enable_aws_creds_provider = true;
+        S3Store::new(&c).unwrap();
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct S3Config {
     /// S3-compatible servers with a lower limit.
     #[serde(default)]
     pub max_parts: Option<u64>,
+    /// Without keys, use the credential chain of the machine (instance profile, container
+    /// or web-identity role). Off by default, as in s3-resource: on a shared Concourse
+    /// worker any team would otherwise get the worker's IAM role.
+    #[serde(default)]
+    pub enable_aws_creds_provider: bool,
 }
 
 impl S3Config {
@@ -92,6 +97,7 @@ impl S3Config {
         "max_retries",
         "retry_timeout_seconds",
         "max_parts",
+        "enable_aws_creds_provider",
     ];
     /// The options a store URL's query takes (`s3://BUCKET/PREFIX?key=value&...`): the
     /// source keys without the bucket and prefix (they are the URL's path) and without the
@@ -108,6 +114,7 @@ impl S3Config {
         "max_retries",
         "retry_timeout_seconds",
         "max_parts",
+        "enable_aws_creds_provider",
     ];
     /// Keys that hold secrets: never accepted in a URL, never printed.
     pub const SECRET_KEYS: &'static [&'static str] = &["access_key_id", "secret_access_key", "session_token"];
@@ -144,7 +151,7 @@ impl S3Config {
             s.push_str(&self.prefix);
         }
         if let Some(e) = &self.endpoint {
-            s.push_str(&format!(" at {e}"));
+            s.push_str(&format!(" at {}", redact_userinfo(e)));
         }
         s
     }
@@ -157,7 +164,7 @@ impl S3Config {
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             bail!(
                 "S3 credentials are incomplete: give both access_key_id and secret_access_key \
-                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither to use the instance's role"
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither with enable_aws_creds_provider: true to use the machine's IAM role"
             );
         }
         match self.server_side_encryption.as_deref() {
@@ -169,10 +176,11 @@ impl S3Config {
             Some("aws:kms") => {}
             Some(other) => bail!("server_side_encryption {other:?} is not supported: use AES256 or aws:kms"),
         }
+        check_bucket_name(&self.bucket)?;
         if let Some(e) = &self.endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            bail!("endpoint {e:?} must start with http:// or https://");
+            bail!("endpoint {:?} must start with http:// or https://", redact_userinfo(e));
         }
         if self.part_size_mib.is_some_and(|p| !(5..=5120).contains(&p)) {
             bail!("part_size_mib must be between 5 and 5120 (S3's limits)");
@@ -203,8 +211,41 @@ impl fmt::Debug for S3Config {
             .field("max_retries", &self.max_retries)
             .field("retry_timeout_seconds", &self.retry_timeout_seconds)
             .field("max_parts", &self.max_parts)
+            .field("enable_aws_creds_provider", &self.enable_aws_creds_provider)
             .finish()
     }
+}
+
+/// An endpoint for messages: a `user:password@` in it is never shown.
+pub fn redact_userinfo(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").map_or(("", endpoint), |(a, b)| (a, b));
+    let (authority, tail) = rest.find(['/', '?', '#']).map_or((rest, ""), |i| rest.split_at(i));
+    let shown = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<redacted>@{host}"),
+        None => authority.to_string(),
+    };
+    if scheme.is_empty() { format!("{shown}{tail}") } else { format!("{scheme}://{shown}{tail}") }
+}
+
+/// S3's bucket naming rules (3 to 63 characters: lowercase letters, digits, `.` and `-`,
+/// starting and ending with a letter or digit). The name is not echoed when it holds a
+/// character a name never has (`s3://KEY:SECRET@bucket` puts credentials there).
+pub fn check_bucket_name(bucket: &str) -> anyhow::Result<()> {
+    if bucket.contains(['@', ':']) {
+        bail!(
+            "the bucket name holds '@' or ':': credentials may not be given in a store URL (it would show in process \
+             listings and logs); give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        );
+    }
+    let ok_chars = bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let ends_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len()) || !ok_chars || !ends_ok(bucket.bytes().next()) || !ends_ok(bucket.bytes().last()) {
+        bail!(
+            "invalid bucket name {bucket:?}: S3 bucket names are 3 to 63 characters of lowercase letters, digits, '.' \
+             and '-', starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
 }
 
 fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
@@ -263,6 +304,7 @@ impl StoreUrl {
         if bucket.is_empty() {
             bail!("store URL {url:?} names no bucket: use s3://BUCKET/PREFIX");
         }
+        check_bucket_name(bucket).context("store URL")?;
         let mut c = S3Config { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), ..Default::default() };
         if c.prefix.split('/').any(|p| p == "." || p == "..") || c.prefix.contains("//") {
             bail!("store URL {url:?}: the prefix may not contain empty, `.` or `..` parts");
@@ -290,6 +332,7 @@ impl StoreUrl {
                 "max_retries" => c.max_retries = Some(num(&v)? as usize),
                 "retry_timeout_seconds" => c.retry_timeout_seconds = Some(num(&v)?),
                 "max_parts" => c.max_parts = Some(num(&v)?),
+                "enable_aws_creds_provider" => c.enable_aws_creds_provider = parse_bool(key, &v)?,
                 _ => bail!("store URL: unknown option {key:?}; allowed: {}", S3Config::QUERY_KEYS.join(", ")),
             }
         }
@@ -310,16 +353,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_in_a_url_or_an_endpoint_are_refused_or_redacted() {
+        let e = format!("{:#}", StoreUrl::parse("s3://AKIAKEY:s3cr3tValue@backups/cf").unwrap_err());
+        assert!(e.contains("credentials may not be given") && !e.contains("s3cr3tValue") && !e.contains("AKIAKEY"), "{e}");
+        let c = S3Config { bucket: "backups".into(), endpoint: Some("https://admin:hunter22@minio.example.com:9000/x".into()), ..Default::default() };
+        assert_eq!(c.describe(), "s3://backups at https://<redacted>@minio.example.com:9000/x");
+        for bad in ["ab", "Backups", "-backups", "back_ups", &"a".repeat(64)] {
+            assert!(check_bucket_name(bad).is_err(), "{bad}");
+        }
+        for good in ["backups", "my.backups-2", "abc"] {
+            check_bucket_name(good).unwrap();
+        }
+    }
+
+    #[test]
     fn parses_file_and_s3_urls() {
         assert_eq!(StoreUrl::parse("file:///var/backups").unwrap(), StoreUrl::File("/var/backups".into()));
         assert!(StoreUrl::parse("file://relative").is_err());
         let StoreUrl::S3(c) = StoreUrl::parse(
-            "s3://b/some/prefix/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&use_path_style=true&region_name=eu-west-1&server_side_encryption=aws:kms&sse_kms_key_id=k1&part_size_mib=8",
+            "s3://bkt/some/prefix/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&use_path_style=true&region_name=eu-west-1&server_side_encryption=aws:kms&sse_kms_key_id=k1&part_size_mib=8",
         )
         .unwrap() else {
             panic!()
         };
-        assert_eq!(c.bucket, "b");
+        assert_eq!(c.bucket, "bkt");
         assert_eq!(c.prefix, "some/prefix");
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert!(c.use_path_style);
@@ -332,14 +389,14 @@ mod tests {
 
     #[test]
     fn refuses_secrets_unknown_keys_and_bad_values() {
-        let e = StoreUrl::parse("s3://b/p?secret_access_key=hunter2").unwrap_err().to_string();
+        let e = StoreUrl::parse("s3://bkt/p?secret_access_key=hunter2").unwrap_err().to_string();
         assert!(e.contains("may not be given in a URL") && !e.contains("hunter2"), "{e}");
-        assert!(StoreUrl::parse("s3://b/p?colour=red").unwrap_err().to_string().contains("allowed: endpoint"));
+        assert!(StoreUrl::parse("s3://bkt/p?colour=red").unwrap_err().to_string().contains("allowed: endpoint"));
         assert!(StoreUrl::parse("s3:///p").is_err());
-        assert!(StoreUrl::parse("s3://b/../x").is_err());
+        assert!(StoreUrl::parse("s3://bkt/../x").is_err());
         assert!(StoreUrl::parse("/tmp/x").unwrap_err().to_string().contains("file:///PATH"));
-        assert!(StoreUrl::parse("s3://b?use_path_style=maybe").is_err());
-        let StoreUrl::S3(c) = StoreUrl::parse("s3://b?server_side_encryption=rot13").unwrap() else { panic!() };
+        assert!(StoreUrl::parse("s3://bkt?use_path_style=maybe").is_err());
+        let StoreUrl::S3(c) = StoreUrl::parse("s3://bkt?server_side_encryption=rot13").unwrap() else { panic!() };
         assert!(c.validate().is_err());
     }
 
@@ -384,7 +441,7 @@ mod tests {
 
     #[test]
     fn s3_resource_source_keys_deserialize() {
-        let json = r#"{"bucket":"b","prefix":"p","endpoint":"https://s3.example","region_name":"r",
+        let json = r#"{"bucket":"bkt","prefix":"p","endpoint":"https://s3.example","region_name":"r",
             "access_key_id":"a","secret_access_key":"s","session_token":"t","use_path_style":true,
             "ca_bundle":"-----BEGIN CERTIFICATE-----","skip_ssl_verification":true,
             "server_side_encryption":"aws:kms","sse_kms_key_id":"k"}"#;
