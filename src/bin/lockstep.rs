@@ -3,6 +3,7 @@ use clap::Parser;
 
 fn main() {
     lockstep::tune_allocator();
+    lockstep::install_panic_hook();
     let cli = lockstep::frontend::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
