@@ -542,3 +542,84 @@ fn restore_when_deployment_has_named_artifacts_and_the_job_is_called_mysql_resto
     assert!(i.exists("/tmp/restore-script-was-run") && !i.exists("/tmp/mysql-restore-ran"));
     assert!(!i.exists("/var/vcap/store/bbr-backup"));
 }
+
+// --- the error log (bbr: cli/command/utils.go) -----------------------------------------
+
+/// The `lockstep-<time>.err.log` files in `dir`, with their text.
+fn error_logs(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("lockstep-") && n.ends_with(".err.log")
+        })
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read_to_string(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failed_run_writes_the_error_log_into_the_working_directory_and_a_good_one_does_not() {
+    let tmp = TempDir::new().unwrap();
+    let i = Instance::new(tmp.path(), "redis-dedicated-node/0");
+    default_backup(&i);
+    restore_script(&i);
+    let ok = lockstep(tmp.path(), &[&i], &["backup"]);
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    assert!(error_logs(tmp.path()).is_empty(), "a good run writes no error log");
+
+    let out = lockstep(tmp.path(), &[&i], &["restore", "--artifact-path", "i-am-not-here"]);
+    assert_eq!(out.code, 1);
+    let logs = error_logs(tmp.path());
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let (name, text) = &logs[0];
+    // lockstep-2026-12-01T12:34:56Z.err.log, RFC 3339 in UTC, as bbr's.
+    let stamp = name.strip_prefix("lockstep-").unwrap().strip_suffix(".err.log").unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with('Z'), "{name}");
+    assert!(text.contains("i-am-not-here") && out.stderr.contains(text.trim()), "the log holds what was printed: {text}");
+}
+
+#[test]
+fn the_error_log_never_holds_a_secret() {
+    let tmp = TempDir::new().unwrap();
+    let secret = "s3cr3t-Qw8Zx1-client-secret";
+    let out = Command::cargo_bin("lockstep")
+        .unwrap()
+        .current_dir(tmp.path())
+        .env_remove("BOSH_CLIENT_SECRET")
+        .args(["deployment", "-t", "https://127.0.0.1:1", "-u", "bbr_client", "-p", secret, "-d", "cf", "backup"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let logs = error_logs(tmp.path());
+    assert_eq!(logs.len(), 1, "{stderr}");
+    assert!(!logs[0].1.is_empty() && !logs[0].1.contains(secret) && !stderr.contains(secret), "{logs:?}");
+}
+
+// --- bbr's cli: version and usage errors (urfave/cli) ----------------------------------
+
+#[test]
+fn version_and_v_print_the_version_as_bbr_does() {
+    for args in [&["version"][..], &["v"][..], &["-v"][..], &["--version"][..]] {
+        let out = Command::cargo_bin("lockstep").unwrap().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("lockstep version {}", env!("CARGO_PKG_VERSION")), "{args:?}");
+    }
+}
+
+#[test]
+fn a_usage_error_exits_1_with_the_usage_printed() {
+    let tmp = TempDir::new().unwrap();
+    for args in [&["hosts", "backup", "--no-such-flag"][..], &["no-such-command"][..], &["local", "backup", "--compression", "lz4"][..]] {
+        let out = Command::cargo_bin("lockstep").unwrap().current_dir(tmp.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && (stderr.contains("Usage:") || stderr.contains("--help")), "{args:?}: {stderr}");
+    }
+    assert!(error_logs(tmp.path()).is_empty(), "a usage error writes no error log, as bbr");
+    let help = Command::cargo_bin("lockstep").unwrap().arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+}

@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// What a result line names: bbr says "Director can be backed up." in director mode and
+/// "Deployment 'NAME' can be backed up." otherwise.
+#[derive(Clone, Copy)]
+enum Subject {
+    Deployment,
+    Director,
+}
+
 /// A flag clap cannot require (it is global, so it may come after the action): bbr's
 /// message when it is missing or empty.
 fn required<'a, T: AsRef<std::ffi::OsStr>>(v: &'a Option<T>, flag: &str) -> anyhow::Result<&'a T> {
@@ -20,7 +28,7 @@ pub(super) async fn local(ctx: &Ctx, args: LocalArgs) -> anyhow::Result<i32> {
     }
     let target = LocalTarget::new(args.name.clone(), instances);
     let tree = command_line::local(&args);
-    run_action(ctx, &target, &args.action, &tree).await
+    run_action(ctx, &target, &args.action, &tree, Subject::Deployment).await
 }
 
 pub(super) async fn director(ctx: &Ctx, args: DirectorArgs) -> anyhow::Result<i32> {
@@ -33,7 +41,7 @@ pub(super) async fn director(ctx: &Ctx, args: DirectorArgs) -> anyhow::Result<i3
         ctx.warn(w);
     }
     let tree = command_line::director(&args);
-    run_action(ctx, &target, &args.action, &tree).await
+    run_action(ctx, &target, &args.action, &tree, Subject::Director).await
 }
 
 pub(super) async fn hosts(ctx: &Ctx, args: HostsArgs) -> anyhow::Result<i32> {
@@ -44,7 +52,7 @@ pub(super) async fn hosts(ctx: &Ctx, args: HostsArgs) -> anyhow::Result<i32> {
         ctx.warn(w);
     }
     let tree = command_line::hosts(&args);
-    run_action(ctx, &target, &args.action, &tree).await
+    run_action(ctx, &target, &args.action, &tree, Subject::Deployment).await
 }
 
 pub(super) async fn deployment(ctx: &Ctx, args: DeploymentArgs) -> anyhow::Result<i32> {
@@ -99,7 +107,7 @@ async fn run_deployment(ctx: &Ctx, target: &crate::target::bosh::DeploymentTarge
         }
         _ => None,
     };
-    run_action_with(ctx, target, action, tree, manifest).await
+    run_action_with(ctx, target, action, tree, manifest, Subject::Deployment).await
 }
 
 /// Deployments of `--all-deployments` that run at once (bbr: 10, fixed).
@@ -193,13 +201,20 @@ async fn run_all_deployments(
 
 /// Runs the action, then [`Target::release`] whatever happened (a failed release is
 /// reported and ORs bbr's cleanup bit, 16, into the exit code).
-async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str) -> anyhow::Result<i32> {
-    run_action_with(ctx, target, action, tree, None).await
+async fn run_action(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str, subject: Subject) -> anyhow::Result<i32> {
+    run_action_with(ctx, target, action, tree, None, subject).await
 }
 
 /// [`run_action`], with the manifest to store (`--with-manifest`, BOSH deployments only).
-async fn run_action_with(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str, manifest: Option<Vec<u8>>) -> anyhow::Result<i32> {
-    let out = run_action_inner(ctx, target, action, tree, manifest).await;
+async fn run_action_with(
+    ctx: &Ctx,
+    target: &dyn Target,
+    action: &Action,
+    tree: &str,
+    manifest: Option<Vec<u8>>,
+    subject: Subject,
+) -> anyhow::Result<i32> {
+    let out = run_action_inner(ctx, target, action, tree, manifest, subject).await;
     match target.release().await {
         Ok(()) => out,
         Err(e) => {
@@ -216,16 +231,23 @@ async fn run_action_with(ctx: &Ctx, target: &dyn Target, action: &Action, tree: 
     }
 }
 
-async fn run_action_inner(ctx: &Ctx, target: &dyn Target, action: &Action, tree: &str, manifest: Option<Vec<u8>>) -> anyhow::Result<i32> {
+async fn run_action_inner(
+    ctx: &Ctx,
+    target: &dyn Target,
+    action: &Action,
+    tree: &str,
+    manifest: Option<Vec<u8>>,
+    subject: Subject,
+) -> anyhow::Result<i32> {
     let name = target.deployment_name().to_string();
     let (failures, timings, cleanup_cmd) = match action {
         Action::PreBackupCheck => {
             let (failures, timings) = pre_backup_check(ctx, target).await;
-            if failures.is_empty() {
-                ctx.info(format!("Deployment '{name}' can be backed up."));
-            } else {
-                ctx.info(format!("Deployment '{name}' cannot be backed up."));
-            }
+            let who = match subject {
+                Subject::Director => "Director".to_string(),
+                Subject::Deployment => format!("Deployment '{name}'"),
+            };
+            ctx.info(format!("{who} {} backed up.", if failures.is_empty() { "can be" } else { "cannot be" }));
             (failures, timings, "backup-cleanup")
         }
         Action::Backup { artifact_path, unsafe_lock_free, with_manifest, stores, min_stores, compression, encrypt_to, s3 } => {

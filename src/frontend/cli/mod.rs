@@ -46,7 +46,9 @@ use std::sync::Arc;
 #[derive(Parser, Debug)]
 #[command(
     name = "lockstep",
-    version,
+    // bbr prints `bbr version X`; so does `lockstep -v`, `--version` and `version`.
+    version = concat!("version ", env!("CARGO_PKG_VERSION")),
+    disable_version_flag = true,
     about = "Consistent, BBR-compatible backups of BOSH deployments",
     long_about = "Consistent, BBR-compatible backups of BOSH deployments.\n\n\
         lockstep runs the BBR scripts that BOSH jobs ship (lock, backup, unlock, restore) in \
@@ -56,6 +58,9 @@ use std::sync::Arc;
         Exit codes are bbr's, OR-ed: 1 any error, 4 lock failed, 8 unlock failed, 16 cleanup failed."
 )]
 pub struct Cli {
+    /// Print the version (as bbr's -v).
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = clap::ArgAction::Version)]
+    version: (),
     /// Show debug output: every discovered job, lock levels, script details.
     #[arg(long, global = true)]
     pub debug: bool,
@@ -68,6 +73,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print the version, as `bbr version`.
+    #[command(visible_alias = "v")]
+    Version,
     /// Back up or restore a deployment whose instances are local directories standing in
     /// for `/` (used by the demo and the tests).
     Local(LocalArgs),
@@ -139,17 +147,69 @@ pub async fn run(cli: Cli) -> i32 {
     let mut ctx = Ctx::new(reporter.clone());
     ctx.max_in_flight = cli.max_in_flight as usize;
     install_signal_handlers(&ctx);
-    match run_command(&ctx, cli.command).await {
+    let bbr_tree = matches!(cli.command, Command::Local(_) | Command::Director(_) | Command::Hosts(_) | Command::Deployment(_));
+    let code = match run_command(&ctx, cli.command).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let line = format!("error: {e:#}\n");
+            eprint!("{line}");
+            record_error(&line);
             1
+        }
+    };
+    if bbr_tree && code != 0 {
+        write_error_log(std::path::Path::new("."), chrono::Utc::now());
+    }
+    code
+}
+
+/// Every error block this process printed, for the error log (see [`write_error_log`]).
+static ERRORS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn record_error(text: &str) {
+    if let Ok(mut all) = ERRORS.lock() {
+        all.push_str(text);
+    }
+}
+
+/// As bbr's `bbr-<time>.err.log`: after a failed run of bbr's command tree, the errors it
+/// printed go to `lockstep-<RFC 3339 UTC>.err.log` in `dir` (the working directory), for a
+/// ticket or a later look. The text is what was printed, which never holds a secret. The
+/// file is created new (never through a symlink or over another file); if it cannot be,
+/// the run says so and goes on.
+pub(super) fn write_error_log(dir: &std::path::Path, at: chrono::DateTime<chrono::Utc>) -> Option<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = ERRORS.lock().map(|t| t.clone()).unwrap_or_default();
+    if text.is_empty() {
+        return None;
+    }
+    let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let create = |path: &std::path::Path| {
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW).open(path)
+    };
+    let mut path = dir.join(format!("lockstep-{stamp}.err.log"));
+    let mut file = create(&path);
+    if file.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) {
+        // Another run failed in the same second here: a name of its own, not the other's file.
+        path = dir.join(format!("lockstep-{stamp}-{}.err.log", std::process::id()));
+        file = create(&path);
+    }
+    match file.and_then(|mut f| f.write_all(text.as_bytes())) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("WARNING: could not write the error log {}: {e}", path.display());
+            None
         }
     }
 }
 
 async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
     match command {
+        Command::Version => {
+            println!("lockstep version {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
         Command::Local(args) => bbr::local(ctx, args).await,
         Command::Director(args) => bbr::director(ctx, args).await,
         Command::Hosts(args) => bbr::hosts(ctx, args).await,
@@ -175,12 +235,14 @@ pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_
         text.push_str(&timings_table(timings));
     }
     if !failures.is_empty() {
-        text.push_str(&failures.render());
+        let mut errors = failures.render();
         if failures.needs_cleanup() {
-            text.push_str(&format!(
+            errors.push_str(&format!(
                 "It is recommended that you run `{cleanup_cmd}` to ensure that any temp files are cleaned up and all jobs are unlocked.\n"
             ));
         }
+        record_error(&errors);
+        text.push_str(&errors);
     }
     report_block(ctx, &text);
     failures.exit_code()
@@ -188,7 +250,9 @@ pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_
 
 /// Prints an error of the run `ctx` is for.
 pub(super) fn print_error(ctx: &Ctx, e: &anyhow::Error) {
-    report_block(ctx, &format!("error: {e:#}\n"));
+    let line = format!("error: {e:#}\n");
+    record_error(&line);
+    report_block(ctx, &line);
 }
 
 /// A run's closing text: on stderr as it is, or, for one of several deployments, as one
