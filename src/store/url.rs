@@ -353,6 +353,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn url_options_are_the_source_keys_without_the_path_and_the_secrets() {
+        let want: Vec<&str> = S3Config::KEYS
+            .iter()
+            .copied()
+            .filter(|k| !["bucket", "prefix"].contains(k) && !S3Config::SECRET_KEYS.contains(k))
+            .collect();
+        assert_eq!(S3Config::QUERY_KEYS, want.as_slice());
+    }
+
+    #[test]
     fn credentials_in_a_url_or_an_endpoint_are_refused_or_redacted() {
         let e = format!("{:#}", StoreUrl::parse("s3://AKIAKEY:s3cr3tValue@backups/cf").unwrap_err());
         assert!(e.contains("credentials may not be given") && !e.contains("s3cr3tValue") && !e.contains("AKIAKEY"), "{e}");
