@@ -592,7 +592,7 @@ fn the_error_log_never_holds_a_secret() {
         .args(["deployment", "-t", "https://127.0.0.1:1", "-u", "bbr_client", "-p", secret, "-d", "cf", "backup"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let logs = error_logs(tmp.path());
     assert_eq!(logs.len(), 1, "{stderr}");
@@ -622,4 +622,40 @@ fn a_usage_error_exits_1_with_the_usage_printed() {
     assert!(error_logs(tmp.path()).is_empty(), "a usage error writes no error log, as bbr");
     let help = Command::cargo_bin("lockstep").unwrap().arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
+}
+
+/// bbr's `factory/logger.go`: every log line and the result lines go to stdout, the final
+/// error to stderr. A script that `tee`s or greps bbr's stdout sees the same with lockstep.
+#[test]
+fn output_streams_the_log_and_results_on_stdout_and_errors_on_stderr() {
+    let tmp = TempDir::new().unwrap();
+    let i = Instance::new(tmp.path(), "redis-dedicated-node/0");
+    default_backup(&i);
+    i.script("redis", "pre-backup-lock", "true");
+
+    let out = lockstep(tmp.path(), &[&i], &["pre-backup-check"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains(&format!("Deployment '{DEPLOYMENT}' can be backed up.")), "{}", out.stdout);
+    assert!(out.stdout.contains("Running metadata") || out.stdout.contains("DEBUG"), "the log is on stdout: {}", out.stdout);
+    assert_eq!(out.stderr, "", "nothing but errors on stderr");
+
+    let out = lockstep(tmp.path(), &[&i], &["backup"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("Running pre-backup-lock for job redis") && out.stdout.contains("Backup created of"), "{}", out.stdout);
+    assert_eq!(out.stderr, "", "a good backup prints nothing on stderr");
+
+    // A failing run: the log still on stdout, the error (and only the error) on stderr.
+    i.script("redis", "backup", "echo disk-on-fire >&2\nexit 1");
+    let out = lockstep(tmp.path(), &[&i], &["backup"]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stdout.contains("Running backup for job redis"), "{}", out.stdout);
+    assert!(!out.stdout.contains("Error attempting to run backup"), "the error is not in the log stream: {}", out.stdout);
+    assert!(out.stderr.contains("Error attempting to run backup for job redis") && out.stderr.contains("disk-on-fire"), "{}", out.stderr);
+    assert!(!out.stderr.contains("Running "), "no log line on stderr: {}", out.stderr);
+
+    // lockstep's own commands keep stdout for what they were asked for.
+    let listed = Command::cargo_bin("lockstep").unwrap().args(["list", "-a"]).arg(tmp.path()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&listed.stdout), String::from_utf8_lossy(&listed.stderr));
+    assert!(listed.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{DEPLOYMENT}_")), "{stdout}{stderr}");
 }

@@ -69,9 +69,10 @@ impl World {
             .args(extra)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{stderr}");
-        let name = stderr.lines().find_map(|l| l.split("Backup created of cf: ").nth(1)).expect(&stderr);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stdout}{stderr}");
+        // bbr's command tree logs to stdout.
+        let name = stdout.lines().find_map(|l| l.split("Backup created of cf: ").nth(1)).expect(&stdout);
         name.split_whitespace().next().unwrap().to_string()
     }
 
@@ -136,7 +137,7 @@ fn encrypted_zstd_backup_lists_verifies_fetches_and_restores() {
         .arg(&key)
         .assert()
         .success()
-        .stderr(predicate::str::contains("Restored"));
+        .stdout(predicate::str::contains("Restored"));
     w.assert_same_data(&dst);
 
     // Fetch: a plain bbr artifact directory, which restore -a (and bbr) reads.

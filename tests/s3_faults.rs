@@ -49,12 +49,15 @@ fn wrong_credentials_and_missing_bucket_fail_before_locking_without_printing_sec
         .args(["backup", "--store", &server.url("backups", "p")])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("S3 refused the credentials"), "{stderr}");
-    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "says what to fix: {stderr}");
-    assert!(!stderr.contains(wrong_secret) && !stderr.contains(&server.secret), "a secret was printed: {stderr}");
-    assert!(!stderr.contains("pre-backup-lock") && !was_locked(&src), "locked although the store was unusable: {stderr}");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(stderr.contains("S3 refused the credentials"), "the error goes to stderr: {all}");
+    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "says what to fix: {all}");
+    assert!(!all.contains(wrong_secret) && !all.contains(&server.secret), "a secret was printed: {all}");
+    // The log (stdout, as bbr's) names every script it runs: no lock script may appear.
+    assert!(stdout.contains("Running metadata"), "the log is on stdout: {all}");
+    assert!(!all.contains("pre-backup-lock") && !was_locked(&src), "locked although the store was unusable: {all}");
 
     // The same secret given as a flag is not printed either (nor by --help's env display).
     let out = Command::cargo_bin("lockstep")
@@ -148,10 +151,18 @@ fn backup_loses_the_server_during_the_drain_and_commits_nothing() {
         .args(instance_args(&src))
         // Little compression work, so the transfer itself takes the time.
         .args(["backup", "--store", &url, "--compression", "zstd:1"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The log is on stdout (as bbr's), the errors on stderr.
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut log = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -165,6 +176,7 @@ fn backup_loses_the_server_during_the_drain_and_commits_nothing() {
     server.stop();
     log.extend(lines.map(|l| l.unwrap()));
     let status = child.wait().unwrap();
+    log.push(errors.join().unwrap());
     let log = log.join("\n");
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("Failed to drain the artifact of job blobstore on blobstore/0"), "{log}");

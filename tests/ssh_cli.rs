@@ -40,7 +40,7 @@ fn hosts_backup_and_restore_through_the_cli() {
     let store = tmp.path().join("store");
     fs::create_dir(&store).unwrap();
 
-    lockstep().args(["hosts", "--inventory"]).arg(&inventory).arg("pre-backup-check").assert().success().stderr(
+    lockstep().args(["hosts", "--inventory"]).arg(&inventory).arg("pre-backup-check").assert().success().stdout(
         predicate::str::contains("Deployment 'mini-cf' can be backed up."),
     );
     lockstep()
@@ -50,7 +50,7 @@ fn hosts_backup_and_restore_through_the_cli() {
         .arg(&store)
         .assert()
         .success()
-        .stderr(predicate::str::contains("Backup created of mini-cf").and(predicate::str::contains("lock window")));
+        .stdout(predicate::str::contains("Backup created of mini-cf").and(predicate::str::contains("lock window")));
     let artifact = only_artifact(&store);
     assert!(artifact.file_name().unwrap().to_string_lossy().starts_with("mini-cf_"));
     assert!(artifact.join("blobstore-0-blobstore.tar").is_file());
@@ -116,12 +116,12 @@ fn director_mode_verifies_the_host_key() {
         .assert()
         .success()
         // bbr's director wording, not "Deployment '10.0.0.6' ...".
-        .stderr(predicate::str::contains("Director can be backed up.").and(predicate::str::contains("Deployment '").not()));
+        .stdout(predicate::str::contains("Director can be backed up.").and(predicate::str::contains("Deployment '").not()));
     lockstep()
         .args(["director", "--host", &host, "-u", "vcap", "--private-key-path"])
         .arg(&key)
         .args(["--insecure-skip-host-key-check", "pre-backup-check"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("WARNING: --insecure-skip-host-key-check"));
+        .stdout(predicate::str::contains("WARNING: --insecure-skip-host-key-check"));
 }

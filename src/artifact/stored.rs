@@ -19,11 +19,14 @@ pub struct ArtifactWriter<'s> {
     store: &'s dyn Store,
     name: String,
     objects: Mutex<BTreeMap<String, StoredObject>>,
+    /// Every file this writer created or began, committed or not: what [`Self::discard`]
+    /// may delete. Never anything else under the name, which may be another run's.
+    touched: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl<'s> ArtifactWriter<'s> {
     pub fn new(store: &'s dyn Store, name: impl Into<String>) -> Self {
-        ArtifactWriter { store, name: name.into(), objects: Mutex::new(BTreeMap::new()) }
+        ArtifactWriter { store, name: name.into(), objects: Mutex::new(BTreeMap::new()), touched: Mutex::default() }
     }
 
     pub fn name(&self) -> &str {
@@ -34,13 +37,19 @@ impl<'s> ArtifactWriter<'s> {
         format!("{}/{}", self.name, file)
     }
 
+    /// The key of `file`, noted as this writer's to delete on [`Self::discard`].
+    fn touch(&self, file: &str) -> String {
+        self.touched.lock().unwrap().insert(file.to_string());
+        self.key(file)
+    }
+
     pub async fn create(&self, file: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
-        self.store.create(&self.key(file)).await
+        self.store.create(&self.touch(file)).await
     }
 
     /// [`ArtifactWriter::create`] with the number of bytes expected (see [`Store::create_sized`]).
     pub async fn create_sized(&self, file: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
-        self.store.create_sized(&self.key(file), size_hint).await
+        self.store.create_sized(&self.touch(file), size_hint).await
     }
 
     /// Notes a committed object for the marker.
@@ -50,7 +59,7 @@ impl<'s> ArtifactWriter<'s> {
 
     pub async fn put(&self, file: &str, data: &[u8]) -> anyhow::Result<()> {
         use sha2::{Digest, Sha256};
-        let size = store::write_all(self.store, &self.key(file), data).await?;
+        let size = store::write_all(self.store, &self.touch(file), data).await?;
         self.record(file, StoredObject { size, sha256: hex::encode(Sha256::digest(data)) });
         Ok(())
     }
@@ -85,17 +94,23 @@ impl<'s> ArtifactWriter<'s> {
                 self.store.describe()
             );
         }
-        store::write_all(self.store, &self.key(MARKER_FILE), &marker.to_json()?).await?;
+        store::write_all(self.store, &self.touch(MARKER_FILE), &marker.to_json()?).await?;
         Ok(())
     }
 
     /// Deletes whatever this writer stored: a failed backup leaves nothing half-written.
+    /// Only its own files: an artifact of the same name from another run stays whole.
     pub async fn discard(&self) -> anyhow::Result<()> {
-        let prefix = format!("{}/", self.name);
-        for obj in self.store.list(&prefix).await? {
-            self.store.delete(&obj.key).await?;
+        let files: Vec<String> = self.touched.lock().unwrap().iter().cloned().collect();
+        for file in files {
+            self.store.delete(&self.key(&file)).await?;
         }
         Ok(())
+    }
+
+    /// Is anything stored under this writer's name already (another run's artifact)?
+    pub async fn name_taken(&self) -> anyhow::Result<bool> {
+        Ok(!self.store.list(&format!("{}/", self.name)).await?.is_empty())
     }
 }
 
@@ -430,5 +445,21 @@ mod tests {
         w.put("api-0-cc.tar", b"tar bytes").await.unwrap();
         w.commit(&meta, CommitMarker::new("cf", "cf_20261203T000000Z")).await.unwrap();
         assert!(dir.path().join("cf_20261203T000000Z").join(MARKER_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn discard_deletes_only_what_this_writer_wrote() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = LocalStore::new(dir.path());
+        let name = "cf_20261204T000000Z";
+        let other = ArtifactWriter::new(&store, name);
+        other.put("api-0-cc.tar", b"the other run's tar").await.unwrap();
+        let mine = ArtifactWriter::new(&store, name);
+        assert!(mine.name_taken().await.unwrap());
+        mine.put("db-0-pg.tar", b"mine").await.unwrap();
+        mine.discard().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join(name).join("api-0-cc.tar")).unwrap(), b"the other run's tar");
+        assert!(!dir.path().join(name).join("db-0-pg.tar").exists());
+        assert!(!ArtifactWriter::new(&store, "cf_20261205T000000Z").name_taken().await.unwrap());
     }
 }

@@ -142,8 +142,30 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         ctx.debug(format!("lock level {}: {}", n + 1, names.join(", ")));
     }
 
-    let name = artifact_name(&dep.name, started);
-    let writer = ArtifactWriter::new(store, &name);
+    // Artifacts are named to the second, as bbr's: a backup that starts in the same second
+    // as an earlier one of the deployment takes the next free second instead of writing
+    // into (and, on failure, deleting) the other's objects.
+    let mut started = started;
+    let mut tries = 0;
+    let writer = loop {
+        let writer = ArtifactWriter::new(store, artifact_name(&dep.name, started));
+        let why = match writer.name_taken().await {
+            Ok(false) => break writer,
+            Ok(true) if tries < 5 => {
+                tries += 1;
+                ctx.debug(format!("{} already exists in the store: naming this backup a second later", writer.name()));
+                let to_next_second = 1000 - u64::from(Utc::now().timestamp_subsec_millis() % 1000);
+                tokio::time::sleep(std::time::Duration::from_millis(to_next_second)).await;
+                started = Utc::now();
+                continue;
+            }
+            Ok(true) => anyhow!("{} already exists in {}: nothing was written", writer.name(), store.describe()),
+            Err(e) => e.context(format!("listing {} in {}", writer.name(), store.describe())),
+        };
+        out.failures.push(FailureKind::General, why);
+        return out;
+    };
+    let name = writer.name().to_string();
     ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
     let mut metadata = BackupMetadata::default();
     metadata.backup_activity.start_time = bbr_time(started);

@@ -8,7 +8,12 @@
 //!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`.
 //!
 //! `args.rs` holds every flag definition. This module parses, dispatches, and renders a
-//! run's closing block (timings, errors, the cleanup advice). Logs go to stderr.
+//! run's closing block (timings, errors, the cleanup advice).
+//!
+//! Where output goes: bbr's command tree logs to stdout and prints its errors to stderr,
+//! as bbr does (its `factory/logger.go`), so scripts that `tee` or grep bbr's stdout work
+//! unchanged. lockstep's own commands keep stdout for what they are asked for (a listing,
+//! a plan) and log to stderr.
 
 mod args;
 mod bbr;
@@ -143,11 +148,16 @@ pub fn open_stores(urls: &[String], min: Option<usize>, s3: &S3Flags) -> anyhow:
 
 /// Runs the command; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let reporter: Arc<dyn EventSink> = Arc::new(LogReporter::new(std::io::stderr(), cli.debug));
+    let bbr_tree = matches!(cli.command, Command::Local(_) | Command::Director(_) | Command::Hosts(_) | Command::Deployment(_));
+    LOG_TO_STDOUT.store(bbr_tree, std::sync::atomic::Ordering::Relaxed);
+    let reporter: Arc<dyn EventSink> = if bbr_tree {
+        Arc::new(LogReporter::new(std::io::stdout(), cli.debug))
+    } else {
+        Arc::new(LogReporter::new(std::io::stderr(), cli.debug))
+    };
     let mut ctx = Ctx::new(reporter.clone());
     ctx.max_in_flight = cli.max_in_flight as usize;
     install_signal_handlers(&ctx);
-    let bbr_tree = matches!(cli.command, Command::Local(_) | Command::Director(_) | Command::Hosts(_) | Command::Deployment(_));
     let code = match run_command(&ctx, cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -161,6 +171,16 @@ pub async fn run(cli: Cli) -> i32 {
         write_error_log(std::path::Path::new("."), chrono::Utc::now());
     }
     code
+}
+
+/// Set for bbr's command tree: its log (and closing timings) go to stdout, as bbr's.
+static LOG_TO_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What a block of closing text is: part of the log, or the run's errors.
+#[derive(Clone, Copy)]
+enum Stream {
+    Log,
+    Errors,
 }
 
 /// Every error block this process printed, for the error log (see [`write_error_log`]).
@@ -227,12 +247,11 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
 /// Prints the timings and the errors (each line labelled when `ctx` is one of several
 /// runs); returns the exit code.
 pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_cmd: &str) -> i32 {
-    let mut text = String::new();
     // A run that failed while finding its instances has nothing to time: the table would
     // only push the error out of view.
     let got_past_discovery = timings.phases.keys().any(|p| *p != "discover");
     if got_past_discovery || (failures.is_empty() && !timings.phases.is_empty()) {
-        text.push_str(&timings_table(timings));
+        report_block(ctx, &timings_table(timings), Stream::Log);
     }
     if !failures.is_empty() {
         let mut errors = failures.render();
@@ -242,9 +261,8 @@ pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_
             ));
         }
         record_error(&errors);
-        text.push_str(&errors);
+        report_block(ctx, &errors, Stream::Errors);
     }
-    report_block(ctx, &text);
     failures.exit_code()
 }
 
@@ -252,14 +270,22 @@ pub(super) fn finish(ctx: &Ctx, failures: &Failures, timings: &Timings, cleanup_
 pub(super) fn print_error(ctx: &Ctx, e: &anyhow::Error) {
     let line = format!("error: {e:#}\n");
     record_error(&line);
-    report_block(ctx, &line);
+    report_block(ctx, &line, Stream::Errors);
 }
 
-/// A run's closing text: on stderr as it is, or, for one of several deployments, as one
-/// event (labelled on every line, and in that deployment's log file too).
-fn report_block(ctx: &Ctx, text: &str) {
+/// A run's closing text: as it is (errors on stderr; the log on stdout for bbr's command
+/// tree, else on stderr), or, for one of several deployments, as one event (labelled on
+/// every line, and in that deployment's log file too).
+fn report_block(ctx: &Ctx, text: &str, stream: Stream) {
+    use std::io::Write;
     match &ctx.label {
-        None => eprint!("{text}"),
+        None => {
+            // A closed stream must not turn a finished run into a panic.
+            let _ = match stream {
+                Stream::Log if LOG_TO_STDOUT.load(std::sync::atomic::Ordering::Relaxed) => std::io::stdout().write_all(text.as_bytes()),
+                _ => std::io::stderr().write_all(text.as_bytes()),
+            };
+        }
         Some(_) if text.trim().is_empty() => {}
         Some(_) => ctx.info(text.trim_end()),
     }
