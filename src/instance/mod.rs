@@ -19,6 +19,20 @@ use std::sync::Arc;
 /// Where BBR jobs live and where their artifacts are staged, relative to the instance root.
 pub const JOBS_DIR: &str = "/var/vcap/jobs";
 pub const ARTIFACT_ROOT: &str = "/var/vcap/store/bbr-backup";
+/// The run record a lockstep run writes into the staging directory it claimed
+/// (see [`crate::orchestrate::run_lock`]).
+pub const RUN_RECORD_FILE: &str = ".lockstep-run";
+
+/// Who holds an instance's staging directory ([`ARTIFACT_ROOT`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagingHolder {
+    /// It does not exist (or, from [`Instance::claim_staging`], it did not: now it is ours).
+    Nobody,
+    /// It exists without a run record: bbr's, or a run's that died before writing one.
+    Unknown,
+    /// It holds a lockstep run's record (its text, as written).
+    Run(String),
+}
 
 /// A BBR script found on an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +53,11 @@ pub trait Instance: Send + Sync {
     async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>>;
     /// The value of `BBR_ARTIFACT_DIRECTORY` for an artifact (with a trailing slash).
     fn artifact_dir(&self, artifact: &str) -> String;
-    /// Does `/var/vcap/store/bbr-backup` exist?
-    async fn artifact_root_exists(&self) -> anyhow::Result<bool>;
+    /// Who holds `/var/vcap/store/bbr-backup`, if anyone.
+    async fn staging_holder(&self) -> anyhow::Result<StagingHolder>;
+    /// Creates `/var/vcap/store/bbr-backup` atomically (`mkdir`, never `-p`) with `record`
+    /// in it. `Nobody` when this call created it; otherwise who holds it (nothing changed).
+    async fn claim_staging(&self, record: &str) -> anyhow::Result<StagingHolder>;
     async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
     /// Size in bytes of an artifact directory (for progress; approximate).
     async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64>;

@@ -2,7 +2,7 @@
 //! value that reaches the shell is quoted ([`crate::transport::quote`]).
 
 use super::remote_sums::{checksum_command, parse_checksum_output};
-use super::{FoundScript, Instance, parse_script_path, ARTIFACT_ROOT, JOBS_DIR};
+use super::{FoundScript, Instance, StagingHolder, parse_script_path, ARTIFACT_ROOT, JOBS_DIR, RUN_RECORD_FILE};
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};
 use crate::transport::quote::{is_env_name, quote};
@@ -31,6 +31,19 @@ impl ShellInstance {
             bail!("invalid artifact name {artifact:?}");
         }
         Ok(self.path(&format!("{ARTIFACT_ROOT}/{artifact}")))
+    }
+
+    /// The answer of [`Instance::staging_holder`] or [`Instance::claim_staging`]: `free`
+    /// (`Nobody`), or `held` followed by the record, if any.
+    fn parse_holder(&self, out: &[u8], nobody: &str) -> anyhow::Result<StagingHolder> {
+        let text = String::from_utf8_lossy(out);
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        match first.trim() {
+            w if w == nobody => Ok(StagingHolder::Nobody),
+            "held" if rest.trim().is_empty() => Ok(StagingHolder::Unknown),
+            "held" => Ok(StagingHolder::Run(rest.trim().to_string())),
+            other => bail!("unexpected answer {other:?} checking {ARTIFACT_ROOT} on {}", self.id),
+        }
     }
 
     /// Runs a command that prints little, failing with its stderr on a non-zero exit.
@@ -111,15 +124,29 @@ impl Instance for ShellInstance {
         format!("{}/", self.path(&format!("{ARTIFACT_ROOT}/{artifact}")))
     }
 
-    async fn artifact_root_exists(&self) -> anyhow::Result<bool> {
+    async fn staging_holder(&self) -> anyhow::Result<StagingHolder> {
         let p = quote(&self.path(ARTIFACT_ROOT));
-        let cmd = format!("if [ -e {p} ] || [ -L {p} ]; then echo yes; else echo no; fi");
+        let record = quote(&self.path(&format!("{ARTIFACT_ROOT}/{RUN_RECORD_FILE}")));
+        let cmd = format!("if [ -e {p} ] || [ -L {p} ]; then echo held; cat {record} 2>/dev/null || :; else echo free; fi");
         let out = self.run("checking the artifact directory", &cmd).await?;
-        match String::from_utf8_lossy(&out).trim() {
-            "yes" => Ok(true),
-            "no" => Ok(false),
-            other => bail!("unexpected answer {other:?} checking {ARTIFACT_ROOT} on {}", self.id),
-        }
+        self.parse_holder(&out, "free")
+    }
+
+    async fn claim_staging(&self, record: &str) -> anyhow::Result<StagingHolder> {
+        let root = self.path(ARTIFACT_ROOT);
+        let parent = root.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+        let (p, file) = (quote(&root), quote(&format!("{root}/{RUN_RECORD_FILE}")));
+        // `mkdir` without -p fails when the directory exists: of two runs exactly one
+        // creates it. A failure for another reason (permissions, a full disk) is retried
+        // below so that its own message is what the run reports.
+        let cmd = format!(
+            "mkdir -p {parent} && if mkdir {p} 2>/dev/null; then printf '%s\\n' {rec} > {file} && echo claimed; \
+             elif [ -e {p} ] || [ -L {p} ]; then echo held; cat {file} 2>/dev/null || :; else mkdir {p}; fi",
+            parent = quote(&parent),
+            rec = quote(record),
+        );
+        let out = self.run("claiming the artifact directory", &cmd).await?;
+        self.parse_holder(&out, "claimed")
     }
 
     async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()> {

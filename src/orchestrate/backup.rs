@@ -7,6 +7,7 @@
 
 use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
+use super::run_lock::{self, held_error, RunRecord};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
@@ -21,7 +22,7 @@ use crate::store::Store;
 use crate::target::Target;
 use anyhow::{anyhow, Context};
 use chrono::Utc;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -53,7 +54,7 @@ pub async fn backupable_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
         failures.push(FailureKind::General, anyhow!("Deployment '{}' has no backup scripts", dep.name));
     }
     failures.extend(one_restore_all_checks(ctx, dep));
-    failures.extend(artifact_dir_checks(ctx, dep).await);
+    failures.extend(artifact_dir_checks(ctx, dep, Direction::Backup).await);
     if let Err(e) = dep.lock_levels(Direction::Backup) {
         failures.push(FailureKind::General, e.into());
     }
@@ -90,16 +91,17 @@ fn one_restore_all_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
 }
 
 /// `/var/vcap/store/bbr-backup` must not exist on any instance; it is left untouched.
-pub(crate) async fn artifact_dir_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
+/// When a lockstep run holds it, the refusal says whose.
+pub(crate) async fn artifact_dir_checks(ctx: &Ctx, dep: &Deployment, dir: Direction) -> Failures {
     let mut failures = Failures::default();
-    let exists = bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().clone(), d.instance.artifact_root_exists().await) }).await;
-    for (id, r) in exists {
+    let holders = bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().clone(), d.instance.staging_holder().await) }).await;
+    for (id, r) in holders {
         match r {
-            Ok(false) => {}
-            Ok(true) => failures.push(
-                FailureKind::ArtifactDirExists,
-                anyhow!("Directory {ARTIFACT_ROOT} already exists on instance {id}"),
-            ),
+            Ok(holder) => {
+                if let Some(e) = held_error(&id.to_string(), &holder, dir) {
+                    failures.push(FailureKind::ArtifactDirExists, e);
+                }
+            }
             Err(e) => failures.push(FailureKind::General, e),
         }
     }
@@ -166,6 +168,17 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         return out;
     };
     let name = writer.name().to_string();
+
+    // Claim every instance for this run before any lock script: a second run finds the
+    // staging directories held and is refused here, having touched nothing.
+    let run = RunRecord::new(Direction::Backup);
+    let claimed = match run_lock::claim(ctx, dep, &run, Direction::Backup).await {
+        Ok(c) => c,
+        Err(refused) => {
+            out.failures.extend(refused);
+            return out;
+        }
+    };
     ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
     let mut metadata = BackupMetadata::default();
     metadata.backup_activity.start_time = bbr_time(started);
@@ -186,14 +199,10 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     }
 
     // Backup: every job's script as one parallel batch, unless locking failed.
-    let mut artifact_dirs: BTreeSet<usize> = BTreeSet::new();
     let lock_ok = out.failures.is_empty();
     let mut backup_ok = false;
     if lock_ok && !ctx.cancelled() {
         let backupable = dep.jobs_where(|j| j.backupable());
-        for at in &backupable {
-            artifact_dirs.insert(at.instance);
-        }
         let errors = out
             .timings
             .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
@@ -243,16 +252,16 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         record(&mut out.failures, FailureKind::Drain, leftovers);
     }
 
-    // Cleanup: remove the staging directory where we created it. After a failed drain the
-    // data on the instances may be the only copy: keep it until the cause is known.
+    // Cleanup: remove the staging directories this run claimed (which releases them). After
+    // a failed drain the data on the instances may be the only copy: keep it until the
+    // cause is known.
     let drain_failed = backup_ok && !drain_ok && !ctx.cancelled();
     if drain_failed {
         ctx.warn(format!(
             "The drain failed: the backup data is kept on the instances in {ARTIFACT_ROOT}. Find the cause, then run backup-cleanup."
         ));
-    } else if !artifact_dirs.is_empty() {
-        let staged = artifact_dirs.into_iter().map(|i| dep.instances[i].instance.clone()).collect();
-        remove_staging(ctx, &mut out.timings, staged, FailureKind::Cleanup, &mut out.failures).await;
+    } else {
+        remove_staging(ctx, &mut out.timings, claimed, FailureKind::Cleanup, &mut out.failures).await;
     }
 
     if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {

@@ -6,7 +6,28 @@ use super::discover::discover;
 use super::{remove_staging, Ctx, FailureKind, Failures, Timings};
 use crate::events::Phase;
 use crate::model::{Direction, ScriptKind};
+use crate::instance::StagingHolder;
 use crate::target::Target;
+use std::collections::BTreeMap;
+
+/// Says whose staging directories this cleanup is about to remove: a lockstep run's (its
+/// record), or one of unknown origin (bbr's, or a run that died before writing a record).
+async fn report_holders(ctx: &Ctx, dep: &super::discover::Deployment) {
+    let holders = super::bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().to_string(), d.instance.staging_holder().await) }).await;
+    let mut by_holder: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, h) in holders {
+        let who = match h {
+            Ok(StagingHolder::Nobody) => continue,
+            Ok(StagingHolder::Unknown) => "no run record (left by bbr, or by a run that stopped before writing one)".to_string(),
+            Ok(StagingHolder::Run(text)) => format!("lockstep run {}", super::run_lock::describe_holder(&text)),
+            Err(e) => format!("unknown ({e:#})"),
+        };
+        by_holder.entry(who).or_default().push(id);
+    }
+    for (who, ids) in by_holder {
+        ctx.info(format!("Staging directory held by {who} on {}: releasing it", ids.join(", ")));
+    }
+}
 
 pub async fn cleanup(ctx: &Ctx, target: &dyn Target, dir: Direction) -> (Failures, Timings) {
     let mut timings = Timings::default();
@@ -25,6 +46,7 @@ pub async fn cleanup(ctx: &Ctx, target: &dyn Target, dir: Direction) -> (Failure
             return (failures, timings);
         }
     };
+    report_holders(ctx, &dep).await;
     let (kind, env, within) = match dir {
         Direction::Backup => (
             ScriptKind::PostBackupUnlock,

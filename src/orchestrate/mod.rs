@@ -12,6 +12,7 @@ pub mod failure;
 pub mod levels;
 pub mod precheck;
 pub mod restore;
+pub mod run_lock;
 
 pub use failure::{Failure, FailureKind, Failures};
 

@@ -78,10 +78,17 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
     }
     let dep = &dep;
     let levels = dep.lock_levels(Direction::Restore).expect("checked above");
+    // One run at a time: claim every instance before anything is sent or locked.
+    let claimed = match super::run_lock::claim(ctx, dep, &super::run_lock::RunRecord::new(Direction::Restore), Direction::Restore).await {
+        Ok(c) => c,
+        Err(refused) => {
+            out.failures.extend(refused);
+            return out;
+        }
+    };
 
     // 2. Upload every artifact to its instance(s).
     let uploads = upload_plan(&dep, &art);
-    let touched: BTreeSet<usize> = uploads.iter().map(|(i, _)| *i).collect();
     let errors = out
         .timings
         .phase(ctx, Phase::Upload, bounded(ctx.max_in_flight, uploads, |(i, entry)| {
@@ -115,9 +122,8 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
         record(&mut out.failures, FailureKind::Unlock, errors);
     }
 
-    // 4. Cleanup where we uploaded.
-    let staged = touched.into_iter().map(|i| dep.instances[i].instance.clone()).collect();
-    remove_staging(ctx, &mut out.timings, staged, FailureKind::Cleanup, &mut out.failures).await;
+    // 4. Cleanup: remove (and so release) every staging directory this run claimed.
+    remove_staging(ctx, &mut out.timings, claimed, FailureKind::Cleanup, &mut out.failures).await;
     if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
         out.failures.push(FailureKind::Cancelled, Cancelled.into());
     }
@@ -273,7 +279,7 @@ async fn restorable_checks(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) ->
             }
         }
     }
-    failures.extend(super::backup::artifact_dir_checks(ctx, dep).await);
+    failures.extend(super::backup::artifact_dir_checks(ctx, dep, Direction::Restore).await);
     if let Err(c) = dep.lock_levels(Direction::Restore) {
         failures.push(FailureKind::General, c.into());
     }

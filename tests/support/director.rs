@@ -286,7 +286,12 @@ struct Server {
 impl Server {
     fn handle(&self, req: &Request) -> Response {
         let call = if req.query.is_empty() { format!("{} {}", req.method, req.path) } else { format!("{} {}?{}", req.method, req.path, req.query) };
-        self.state.lock().unwrap().calls.push(call.clone());
+        // Its position, not "the last call": requests for several deployments arrive at once.
+        let call_index = {
+            let mut st = self.state.lock().unwrap();
+            st.calls.push(call.clone());
+            st.calls.len() - 1
+        };
         let unexpected = |why: &str| {
             self.state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
             json("404 Not Found", serde_json::json!({"code": 70000, "description": format!("unexpected request {call}")}))
@@ -400,7 +405,7 @@ impl Server {
                     && dep.vms.iter().any(|v| v.group == group);
                 // The log says which command and group, for order assertions.
                 let cmd = body["command"].as_str().unwrap_or_default().to_string();
-                if let Some(last) = st.calls.last_mut() {
+                if let Some(last) = st.calls.get_mut(call_index) {
                     last.push_str(&format!(" {cmd} {group}"));
                 }
                 if !shape_ok {

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use lockstep::artifact::tar_hash::Checksums;
-use lockstep::instance::{FoundScript, Instance, InstanceRef};
+use lockstep::instance::{FoundScript, Instance, InstanceRef, StagingHolder};
 use lockstep::model::{InstanceId, ScriptKind};
 use lockstep::transport::{Reader, Writer};
 use anyhow::anyhow;
@@ -21,6 +21,8 @@ pub enum Op {
     FindScripts,
     Script { job: String, kind: ScriptKind, env: Vec<(String, String)> },
     RootExists,
+    /// A run claiming the staging directory (the record's text).
+    Claim(String),
     CreateDir(String),
     Size(String),
     Stream(String),
@@ -35,6 +37,7 @@ pub enum Op {
 pub enum Match {
     Script { job: Option<String>, kind: ScriptKind },
     RootExists,
+    Claim,
     Stream,
     Checksum,
     Receive,
@@ -119,6 +122,7 @@ impl Faults {
                             kind == k && job.as_ref().is_none_or(|x| x == j)
                         }
                         (Match::RootExists, Op::RootExists)
+                        | (Match::Claim, Op::Claim(_))
                         | (Match::Stream, Op::Stream(_))
                         | (Match::Checksum, Op::Checksum(_))
                         | (Match::Receive, Op::Receive(_))
@@ -183,11 +187,18 @@ impl Instance for FaultyInstance {
     fn artifact_dir(&self, artifact: &str) -> String {
         self.inner.artifact_dir(artifact)
     }
-    async fn artifact_root_exists(&self) -> anyhow::Result<bool> {
+    async fn staging_holder(&self) -> anyhow::Result<StagingHolder> {
         match self.enter(Op::RootExists) {
             Some(Action::Fail(m)) => fail(&m),
-            Some(Action::ReportExists) => Ok(true),
-            _ => self.inner.artifact_root_exists().await,
+            Some(Action::ReportExists) => Ok(StagingHolder::Unknown),
+            _ => self.inner.staging_holder().await,
+        }
+    }
+    async fn claim_staging(&self, record: &str) -> anyhow::Result<StagingHolder> {
+        match self.enter(Op::Claim(record.into())) {
+            Some(Action::Fail(m)) => fail(&m),
+            Some(Action::ReportExists) => Ok(StagingHolder::Unknown),
+            _ => self.inner.claim_staging(record).await,
         }
     }
     async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()> {
