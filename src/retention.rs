@@ -214,6 +214,16 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
     let mut committed = Vec::new();
     let mut uncommitted = Vec::new();
     let grace = chrono::Duration::from_std(policy.grace).unwrap_or(chrono::Duration::MAX);
+    // A backup in progress holds a live lease naming its artifact: whatever the grace
+    // period, its objects are not leftovers.
+    // A stale lease (its run is gone) protects nothing: the grace period decides.
+    let in_progress: BTreeMap<String, String> = crate::artifact::lease::all(store)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|l| l.is_live(now))
+        .map(|l| (l.artifact.clone(), format!("a backup in progress holds its lease ({})", l.describe(now))))
+        .collect();
     for (dir, keys) in dirs {
         let Some(c) = Candidate::from_name(&dir) else { continue };
         if deployment.is_some_and(|d| d != c.deployment) {
@@ -222,6 +232,8 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
         let has = |f: &str| keys.iter().any(|k| k == &format!("{dir}/{f}"));
         if has(MARKER_FILE) {
             committed.push(c);
+        } else if let Some(why) = in_progress.get(&dir) {
+            uncommitted.push(Uncommitted { name: dir, keys, sweep: false, reason: why.clone() });
         } else if has(METADATA_FILE) {
             uncommitted.push(Uncommitted {
                 name: dir,

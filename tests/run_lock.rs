@@ -222,5 +222,8 @@ fn a_killed_runs_claim_is_reported_and_released_by_backup_cleanup() {
     clear_calls(&s.fleet);
     let (code, out, err) = s.run(&["backup", "-a", s.store.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
+    // The killed run's lease in the store is still fresh, but its run no longer holds the
+    // instances: taken over, and said so.
+    assert!(out.contains("WARNING: taking over the lease of a backup that no longer holds the instances") && out.contains(&format!("pid {pid}")), "{out}");
     assert_eq!(s.artifacts().len(), 1, "the killed run committed nothing");
 }

@@ -219,6 +219,17 @@ async fn artifacts_exist_only_once_committed(f: &Fixture) {
     assert!(store.list("cf_20240103T000000Z/").await.unwrap().is_empty());
 }
 
+/// A conditional create refuses a key that exists and keeps its bytes.
+async fn put_if_absent_refuses_an_existing_key(f: &Fixture) {
+    let store = f.store.as_ref();
+    assert!(store.put_if_absent("leases/cf.json", b"first").await.unwrap());
+    assert!(!store.put_if_absent("leases/cf.json", b"late").await.unwrap());
+    assert_eq!(store::read_all(store, "leases/cf.json").await.unwrap(), b"first");
+    assert_eq!(store.list("leases/").await.unwrap().len(), 1, "no temporary file is listed");
+    store.delete("leases/cf.json").await.unwrap();
+    assert!(store.put_if_absent("leases/cf.json", b"again").await.unwrap());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod local {
@@ -252,4 +263,34 @@ conformance!(
     delete_is_idempotent_and_overwrite_replaces,
     missing_and_invalid_keys_are_clear_errors,
     artifacts_exist_only_once_committed,
+    put_if_absent_refuses_an_existing_key,
 );
+
+/// Of many writers racing to create one key, exactly one succeeds and its bytes stay. The
+/// local store only: s3s-fs, the S3 server here, checks `If-None-Match` and then writes,
+/// so racers all win there (8 of 8, measured); AWS S3 and MinIO decide it atomically.
+/// Each writer is its own thread with its own store value, released at once by a barrier,
+/// as two lockstep processes would be.
+#[test]
+fn local_put_if_absent_has_exactly_one_winner() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("store");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (root, barrier) = (root.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let data = format!("writer {i}");
+                barrier.wait();
+                let won = rt.block_on(LocalStore::new(root).put_if_absent("leases/cf.json", data.as_bytes())).unwrap();
+                (data, won)
+            })
+        })
+        .collect();
+    let tries: Vec<(String, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let winners: Vec<&String> = tries.iter().filter(|(_, won)| *won).map(|(d, _)| d).collect();
+    assert_eq!(winners.len(), 1, "{tries:?}");
+    assert_eq!(std::fs::read(root.join("leases/cf.json")).unwrap(), winners[0].as_bytes());
+    assert_eq!(s3_support::walk(&root).len(), 1, "no temporary file left");
+}

@@ -10,6 +10,7 @@
 //! store; a directory with `metadata` but no marker is accepted for restore only when it
 //! is named directly (an artifact made by `bbr`).
 
+pub mod lease;
 pub mod marker;
 pub mod metadata;
 pub mod stored;

@@ -9,6 +9,7 @@ use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::run_lock::{self, held_error, RunRecord};
 use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use crate::artifact::lease::{self, Lease};
 use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
 use crate::artifact::tar_hash::HashingWriter;
@@ -179,148 +180,181 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             return out;
         }
     };
-    ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
-    let mut metadata = BackupMetadata::default();
-    metadata.backup_activity.start_time = bbr_time(started);
-
-    // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
-    // request does. Every level whose lock was attempted is owed its unlock.
-    let mut locked_levels = 0;
-    let mut lock_window_start = None;
-    if opts.unsafe_lock_free {
-        ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
-    } else {
-        let start = Instant::now();
-        let (attempted, errors) =
-            out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
-        record(&mut out.failures, FailureKind::Lock, errors);
-        locked_levels = attempted;
-        lock_window_start = (attempted > 0).then_some(start);
-    }
-
-    // Backup: every job's script as one parallel batch, unless locking failed.
-    let lock_ok = out.failures.is_empty();
-    let mut backup_ok = false;
-    if lock_ok && !ctx.cancelled() {
-        let backupable = dep.jobs_where(|j| j.backupable());
-        let errors = out
-            .timings
-            .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
-                let (inst, job) = dep.job(at);
-                let slot = dep.backup_slot(at);
-                let env = artifact_env(&inst.artifact_dir(slot.name()));
-                cancellable(ctx, async {
-                    inst.create_artifact_dir(slot.name()).await?;
-                    script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
-                })
-                .await
-                .map_err(|e| {
-                    if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
-                })
-            }))
-            .await;
-        let errors: Vec<_> = errors.into_iter().filter_map(Result::err).collect();
-        backup_ok = errors.is_empty();
-        record(&mut out.failures, FailureKind::General, errors);
-    }
-
-    // Unlock, always, for every level that was (or may have been) locked; a stop request
-    // does not skip it.
-    if !opts.unsafe_lock_free && locked_levels > 0 {
-        let succeeded = (lock_ok && backup_ok).to_string();
-        let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
-        let errors = out
-            .timings
-            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
-            .await;
-        record(&mut out.failures, FailureKind::Unlock, errors);
-        out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
-        if let Some(w) = out.timings.lock_window {
-            ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));
-        }
-    }
-
-    // Drain, only after a successful backup (even if unlock failed, as bbr).
-    let mut drain_ok = false;
-    if backup_ok && !ctx.cancelled() {
-        let meta = Mutex::new(&mut metadata);
-        let (errors, leftovers) = out.timings.phase(ctx, Phase::Drain, drain_all(ctx, dep, &writer, &meta, &opts.codec)).await;
-        drain_ok = errors.is_empty();
-        record(&mut out.failures, FailureKind::Drain, errors);
-        // A job's staging directory that could not be removed after its drain: bbr's drain
-        // error (bit 1). The data is complete in the store, so it does not stop the commit.
-        record(&mut out.failures, FailureKind::Drain, leftovers);
-    }
-
-    // Cleanup: remove the staging directories this run claimed (which releases them). After
-    // a failed drain the data on the instances may be the only copy: keep it until the
-    // cause is known.
-    let drain_failed = backup_ok && !drain_ok && !ctx.cancelled();
-    if drain_failed {
-        ctx.warn(format!(
-            "The drain failed: the backup data is kept on the instances in {ARTIFACT_ROOT}. Find the cause, then run backup-cleanup."
-        ));
-    } else {
+    // Then the store's lease: while it is live, prune leaves this backup's objects alone
+    // and a second backup of the deployment into the store is refused.
+    let now = lease::stamp(Utc::now());
+    let held = Lease {
+        deployment: dep.name.clone(),
+        artifact: name.clone(),
+        run: run.run.clone(),
+        host: run.host.clone(),
+        pid: run.pid,
+        started: now.clone(),
+        heartbeat: now,
+        location: target.location(),
+    };
+    if let Err(e) = lease::acquire(store, &held, |m| ctx.warn(m)).await {
+        out.failures.push(FailureKind::General, e);
         remove_staging(ctx, &mut out.timings, claimed, FailureKind::Cleanup, &mut out.failures).await;
+        return out;
     }
+    let rest = async move {
+        ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
+        let mut metadata = BackupMetadata::default();
+        metadata.backup_activity.start_time = bbr_time(started);
 
-    if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
-        out.failures.push(FailureKind::Cancelled, Cancelled.into());
-    }
+        // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
+        // request does. Every level whose lock was attempted is owed its unlock.
+        let mut locked_levels = 0;
+        let mut lock_window_start = None;
+        if opts.unsafe_lock_free {
+            ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
+        } else {
+            let start = Instant::now();
+            let (attempted, errors) =
+                out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
+            record(&mut out.failures, FailureKind::Lock, errors);
+            locked_levels = attempted;
+            lock_window_start = (attempted > 0).then_some(start);
+        }
 
-    // Commit, when the data is complete: unlock and cleanup failures are recorded in the
-    // marker but do not make the artifact less complete.
-    let complete = backup_ok && drain_ok && !ctx.cancelled();
-    if complete {
-        let finished = Utc::now();
-        metadata.backup_activity.finish_time = bbr_time(finished);
-        if let Some(manifest) = &opts.manifest {
-            // The manifest holds the deployment's secrets: encrypted whenever the tars are.
-            let stored = if opts.codec.encrypted() {
-                crate::store::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
-            } else {
-                Ok(("manifest.yml", manifest.clone()))
-            };
-            let r = match stored {
-                Ok((file, bytes)) => writer.put(file, &bytes).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = r {
-                out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
+        // Backup: every job's script as one parallel batch, unless locking failed.
+        let lock_ok = out.failures.is_empty();
+        let mut backup_ok = false;
+        if lock_ok && !ctx.cancelled() {
+            let backupable = dep.jobs_where(|j| j.backupable());
+            let errors = out
+                .timings
+                .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
+                    let (inst, job) = dep.job(at);
+                    let slot = dep.backup_slot(at);
+                    let env = artifact_env(&inst.artifact_dir(slot.name()));
+                    cancellable(ctx, async {
+                        inst.create_artifact_dir(slot.name()).await?;
+                        script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
+                    })
+                    .await
+                    .map_err(|e| {
+                        if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
+                    })
+                }))
+                .await;
+            let errors: Vec<_> = errors.into_iter().filter_map(Result::err).collect();
+            backup_ok = errors.is_empty();
+            record(&mut out.failures, FailureKind::General, errors);
+        }
+
+        // Unlock, always, for every level that was (or may have been) locked; a stop request
+        // does not skip it.
+        if !opts.unsafe_lock_free && locked_levels > 0 {
+            let succeeded = (lock_ok && backup_ok).to_string();
+            let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
+            let errors = out
+                .timings
+                .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
+                .await;
+            record(&mut out.failures, FailureKind::Unlock, errors);
+            out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
+            if let Some(w) = out.timings.lock_window {
+                ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));
             }
         }
-        // A replica that failed is not an error while enough copies remain: say which.
-        for w in store.warnings() {
-            ctx.warn(w);
+
+        // Drain, only after a successful backup (even if unlock failed, as bbr).
+        let mut drain_ok = false;
+        if backup_ok && !ctx.cancelled() {
+            let meta = Mutex::new(&mut metadata);
+            let (errors, leftovers) = out.timings.phase(ctx, Phase::Drain, drain_all(ctx, dep, &writer, &meta, &opts.codec)).await;
+            drain_ok = errors.is_empty();
+            record(&mut out.failures, FailureKind::Drain, errors);
+            // A job's staging directory that could not be removed after its drain: bbr's drain
+            // error (bit 1). The data is complete in the store, so it does not stop the commit.
+            record(&mut out.failures, FailureKind::Drain, leftovers);
         }
-        let mut marker = CommitMarker {
-            started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            lock_free: opts.unsafe_lock_free,
-            phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
-            lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
-            warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
-            origin: opts.origin.clone(),
-            taken_from: target.location(),
-            ..CommitMarker::new(&dep.name, &name)
-        };
-        marker.set_codec(&opts.codec);
-        let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
-        match commit {
-            Ok(()) if out.failures.has(FailureKind::General) => {}
-            Ok(()) => {
-                out.marker = Some(CommitMarker { objects: writer.objects(), ..marker });
-                out.artifact = Some(name.clone());
+
+        // Cleanup: remove the staging directories this run claimed (which releases them). After
+        // a failed drain the data on the instances may be the only copy: keep it until the
+        // cause is known.
+        let drain_failed = backup_ok && !drain_ok && !ctx.cancelled();
+        if drain_failed {
+            ctx.warn(format!(
+                "The drain failed: the backup data is kept on the instances in {ARTIFACT_ROOT}. Find the cause, then run backup-cleanup."
+            ));
+        } else {
+            remove_staging(ctx, &mut out.timings, claimed, FailureKind::Cleanup, &mut out.failures).await;
+        }
+
+        if ctx.cancelled() && !out.failures.has(FailureKind::Cancelled) {
+            out.failures.push(FailureKind::Cancelled, Cancelled.into());
+        }
+
+        // Commit, when the data is complete: unlock and cleanup failures are recorded in the
+        // marker but do not make the artifact less complete.
+        let complete = backup_ok && drain_ok && !ctx.cancelled();
+        if complete {
+            let finished = Utc::now();
+            metadata.backup_activity.finish_time = bbr_time(finished);
+            if let Some(manifest) = &opts.manifest {
+                // The manifest holds the deployment's secrets: encrypted whenever the tars are.
+                let stored = if opts.codec.encrypted() {
+                    crate::store::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
+                } else {
+                    Ok(("manifest.yml", manifest.clone()))
+                };
+                let r = match stored {
+                    Ok((file, bytes)) => writer.put(file, &bytes).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
+                }
             }
-            Err(e) => out.failures.push(FailureKind::General, e.context(format!("committing artifact {name}"))),
+            // A replica that failed is not an error while enough copies remain: say which.
+            for w in store.warnings() {
+                ctx.warn(w);
+            }
+            let mut marker = CommitMarker {
+                started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                lock_free: opts.unsafe_lock_free,
+                phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
+                lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
+                warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
+                origin: opts.origin.clone(),
+                taken_from: target.location(),
+                ..CommitMarker::new(&dep.name, &name)
+            };
+            marker.set_codec(&opts.codec);
+            let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
+            match commit {
+                Ok(()) if out.failures.has(FailureKind::General) => {}
+                Ok(()) => {
+                    out.marker = Some(CommitMarker { objects: writer.objects(), ..marker });
+                    out.artifact = Some(name.clone());
+                }
+                Err(e) => out.failures.push(FailureKind::General, e.context(format!("committing artifact {name}"))),
+            }
         }
-    }
-    if out.artifact.is_none() {
-        if let Err(e) = writer.discard().await {
-            ctx.warn(format!("could not remove the incomplete artifact {name}: {e:#}"));
+        if out.artifact.is_none() {
+            if let Err(e) = writer.discard().await {
+                ctx.warn(format!("could not remove the incomplete artifact {name}: {e:#}"));
+            }
         }
-    }
+        out
+    };
+    // The lease is renewed for as long as the backup runs, and given up when it ends.
+    let out = tokio::select! {
+        out = rest => out,
+        () = lease::keep_alive(store, held.clone()) => unreachable!("keep_alive never returns"),
+    };
+    release_lease(ctx, store, &held).await;
     out
+}
+
+async fn release_lease(ctx: &Ctx, store: &dyn Store, held: &Lease) {
+    if let Err(e) = lease::release(store, held).await {
+        ctx.warn(format!("could not give up the lease {}: {e:#} (it goes stale by itself)", lease::key(&held.deployment)));
+    }
 }
 
 /// Drains every backupable job's artifact, in parallel. Returns the drains that failed,

@@ -20,6 +20,26 @@ pub struct LocalStore {
 /// Prefix of temporary files; never listed.
 const PARTIAL_PREFIX: &str = ".lockstep-partial-";
 
+/// Creates the directory `dest` goes into. Artifacts hold a platform's secrets:
+/// directories are private, as bbr makes them.
+async fn private_parent(dest: &Path) -> anyhow::Result<PathBuf> {
+    let dir = dest.parent().context("key without a parent")?.to_path_buf();
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A suffix no other writer in this process or another uses at the same moment.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore { root: root.into() }
@@ -106,13 +126,7 @@ impl Store for LocalStore {
 
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key)?;
-        let dir = dest.parent().context("key without a parent")?.to_path_buf();
-        // Artifacts hold a platform's secrets: directories are private, as bbr makes them.
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        builder.mode(0o700);
-        builder.create(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
+        let dir = private_parent(&dest).await?;
         let name = dest.file_name().context("key without a name")?.to_string_lossy();
         let tmp = dir.join(format!("{PARTIAL_PREFIX}{name}"));
         // Opened synchronously on purpose: an async open runs on the blocking pool, and if
@@ -124,6 +138,31 @@ impl Store for LocalStore {
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let file = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Box::new(LocalWriter { file: Some(fs::File::from_std(file)), tmp, dest, size: 0, committed: false }))
+    }
+
+    async fn put_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+        // Written whole under a name of its own, then hard-linked to the key: link(2) fails
+        // if the key exists, so of two writers exactly one succeeds.
+        let dest = self.path(key)?;
+        let dir = private_parent(&dest).await?;
+        let tmp = dir.join(format!("{PARTIAL_PREFIX}{}-{}", std::process::id(), unique_suffix()));
+        let result = (|| {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            match std::fs::hard_link(&tmp, &dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.with_context(|| format!("creating {}", dest.display()))
     }
 
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {

@@ -59,6 +59,16 @@ pub trait Store: Send + Sync {
         let _ = size_hint;
         self.create(key).await
     }
+    /// Writes a small object only if `key` does not exist yet; `false` (nothing written)
+    /// when it does. Atomic where the store can be (S3's `If-None-Match: *`, a hard link in
+    /// a directory); this default checks and then writes, which two writers could race.
+    async fn put_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+        if self.list(key).await?.iter().any(|o| o.key == key) {
+            return Ok(false);
+        }
+        write_whole(self.create(key).await?, data).await?;
+        Ok(true)
+    }
     /// Opens an object for streaming; a missing key is a [`NotFound`] error.
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>>;
     /// Every committed object whose key starts with `prefix`, sorted by key.
@@ -78,8 +88,12 @@ pub async fn read_all(store: &dyn Store, key: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Writes a whole (small) object and commits it.
 pub async fn write_all(store: &dyn Store, key: &str, data: &[u8]) -> anyhow::Result<u64> {
+    write_whole(store.create(key).await?, data).await
+}
+
+/// Writes `data` into `w` and commits it, or aborts it on a failure.
+async fn write_whole(mut w: Box<dyn ObjectWriter>, data: &[u8]) -> anyhow::Result<u64> {
     use tokio::io::AsyncWriteExt;
-    let mut w = store.create(key).await?;
     if let Err(e) = async {
         w.write_all(data).await?;
         w.shutdown().await

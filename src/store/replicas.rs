@@ -120,6 +120,29 @@ impl Store for ReplicaStore {
         self.create_sized(key, None).await
     }
 
+    /// Created in every live store, or in none: a store that already holds the key undoes
+    /// the copies made before it; a store that fails is dropped as for any write.
+    async fn put_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+        let mut created = Vec::new();
+        for i in self.live() {
+            match self.stores[i].put_if_absent(key, data).await {
+                Ok(true) => created.push(i),
+                Ok(false) => {
+                    for j in created {
+                        let _ = self.stores[j].delete(key).await;
+                    }
+                    return Ok(false);
+                }
+                Err(e) => self.shared.fail(i, format!("{e:#}")),
+            }
+        }
+        let live = self.live().len();
+        if live < self.shared.min {
+            return Err(self.shared.too_few(live));
+        }
+        Ok(true)
+    }
+
     async fn create_sized(&self, key: &str, size_hint: Option<u64>) -> anyhow::Result<Box<dyn ObjectWriter>> {
         let live = self.live();
         let results = futures::future::join_all(live.iter().map(|&i| self.stores[i].create_sized(key, size_hint))).await;

@@ -638,6 +638,18 @@ impl Store for S3Store {
         }))
     }
 
+    async fn put_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+        // `If-None-Match: *` (AWS since 2024, MinIO, Ceph): the server refuses the put if
+        // the key exists, so of two writers exactly one succeeds.
+        let path = self.path(key)?;
+        let opts = PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&path, data.to_vec().into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.explain(e, &format!("creating {key}"))),
+        }
+    }
+
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
         let path = self.path(key)?;
         match self.inner.get(&path).await {
