@@ -241,20 +241,26 @@ impl Drop for Reaper {
         let root = self.root;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if pgid > 1
-                    && let Some(c) = conn.as_ref()
-                {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), kill_group(c, root, pgid)).await;
-                }
-                let _ = write.close().await;
-                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                // Keep reading the abandoned channel while the kill goes out on a second
+                // session: russh hands each channel's messages to a bounded queue, and a
+                // full queue (a drain cut off mid-stream) stalls the whole connection, so
+                // the kill's own session would never open.
+                let stop = async {
+                    if pgid > 1
+                        && let Some(c) = conn.as_ref()
+                    {
+                        let _ = tokio::time::timeout(Duration::from_secs(30), kill_group(c, root, pgid)).await;
+                    }
+                    let _ = write.close().await;
+                };
+                let discard = async {
                     while let Some(msg) = read.wait().await {
                         if matches!(msg, ChannelMsg::Close) {
                             break;
                         }
                     }
-                })
-                .await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(stop, discard) }).await;
                 drop(permit);
                 drop(conn);
             });
