@@ -32,6 +32,8 @@
 // The domain: pure types and rules.
 pub mod lock_order;
 pub mod model;
+pub mod open_files;
+pub mod unique;
 
 // The workflows, and the events they emit instead of printing.
 pub mod events;

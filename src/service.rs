@@ -175,7 +175,12 @@ pub fn ensure_ok(failures: &Failures, what: &str) -> anyhow::Result<()> {
 
 /// `--artifact-path DIR/NAME` for restore and verify: the store is DIR, the artifact NAME.
 pub fn split_artifact_path(path: &Path) -> anyhow::Result<(LocalStore, String)> {
-    let abs = std::path::absolute(path).with_context(|| format!("artifact path {}", path.display()))?;
+    let mut abs = std::path::absolute(path).with_context(|| format!("artifact path {}", path.display()))?;
+    // The path the operator gives (or Concourse's input, a link to a get's output) is theirs
+    // to choose: resolved once here. Symlinks inside the artifact are never followed.
+    if std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink()) {
+        abs = std::fs::canonicalize(&abs).with_context(|| format!("resolving the artifact path {}", path.display()))?;
+    }
     if !abs.is_dir() {
         bail!("Could not open backup: {} is not a directory", path.display());
     }

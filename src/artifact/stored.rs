@@ -108,6 +108,12 @@ impl<'s> ArtifactWriter<'s> {
         Ok(())
     }
 
+    /// Can this writer's objects be stored without writing through anything planted at
+    /// its name (see [`Store::check_writable`])?
+    pub async fn check_writable(&self) -> anyhow::Result<()> {
+        self.store.check_writable(&format!("{}/", self.name)).await
+    }
+
     /// Is anything stored under this writer's name already (another run's artifact)?
     pub async fn name_taken(&self) -> anyhow::Result<bool> {
         Ok(!self.store.list(&format!("{}/", self.name)).await?.is_empty())

@@ -3,6 +3,7 @@ use clap::Parser;
 
 fn main() {
     lockstep::tune_allocator();
+    lockstep::open_files::raise_soft_limit();
     lockstep::install_panic_hook();
     // bbr exits 1 on a usage error (clap: 2), with the usage printed; help and the version
     // are not errors.

@@ -95,11 +95,10 @@ fn one_restore_all_checks(ctx: &Ctx, dep: &Deployment) -> Failures {
 /// When a lockstep run holds it, the refusal says whose.
 pub(crate) async fn artifact_dir_checks(ctx: &Ctx, dep: &Deployment, dir: Direction) -> Failures {
     let mut failures = Failures::default();
-    let holders = bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().clone(), d.instance.staging_holder().await) }).await;
-    for (id, r) in holders {
+    for (id, r) in run_lock::holders(ctx, dep).await {
         match r {
             Ok(holder) => {
-                if let Some(e) = held_error(&id.to_string(), &holder, dir) {
+                if let Some(e) = held_error(&id, &holder, dir) {
                     failures.push(FailureKind::ArtifactDirExists, e);
                 }
             }
@@ -153,7 +152,10 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     let writer = loop {
         let writer = ArtifactWriter::new(store, artifact_name(&dep.name, started));
         let why = match writer.name_taken().await {
-            Ok(false) => break writer,
+            Ok(false) => match writer.check_writable().await {
+                Ok(()) => break writer,
+                Err(e) => e.context(format!("{} cannot take the backup {}: nothing was locked", store.describe(), writer.name())),
+            },
             Ok(true) if tries < 5 => {
                 tries += 1;
                 ctx.debug(format!("{} already exists in the store: naming this backup a second later", writer.name()));

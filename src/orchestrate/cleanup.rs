@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 /// Says whose staging directories this cleanup is about to remove: a lockstep run's (its
 /// record), or one of unknown origin (bbr's, or a run that died before writing a record).
 async fn report_holders(ctx: &Ctx, dep: &super::discover::Deployment) {
-    let holders = super::bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().to_string(), d.instance.staging_holder().await) }).await;
     let mut by_holder: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (id, h) in holders {
+    for (id, h) in super::run_lock::holders(ctx, dep).await {
         let who = match h {
             Ok(StagingHolder::Nobody) => continue,
             Ok(StagingHolder::Unknown) => "no run record (left by bbr, or by a run that stopped before writing one)".to_string(),

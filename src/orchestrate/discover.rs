@@ -204,6 +204,9 @@ async fn discover_instance(ctx: &Ctx, target: &dyn Target, instance: InstanceRef
 /// one by one); the result keeps the target's instance order.
 pub async fn discover(ctx: &Ctx, target: &dyn Target) -> anyhow::Result<Deployment> {
     let instances = target.instances().await.context("finding the deployment's instances")?;
+    // Before the first connection: a deployment too big for the open-file limit would
+    // otherwise fail midway through the run.
+    crate::open_files::check(instances.len(), ctx.max_in_flight)?;
     let results = bounded(ctx.max_in_flight, instances, |inst| discover_instance(ctx, target, inst)).await;
     let mut deployed = Vec::new();
     let mut errors = Vec::new();

@@ -135,16 +135,13 @@ pub async fn claim(ctx: &Ctx, dep: &Deployment, record: &RunRecord, dir: Directi
     Err(failures)
 }
 
+/// Who holds each instance's staging directory, in the deployment's order.
+pub async fn holders(ctx: &Ctx, dep: &Deployment) -> Vec<(String, anyhow::Result<StagingHolder>)> {
+    bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().to_string(), d.instance.staging_holder().await) }).await
+}
+
 fn random_id() -> String {
-    let mut bytes = [0u8; 8];
-    // getrandom(2) never fails for 8 bytes once the pool is initialised; fall back to the
-    // clock if it somehow does, since the id only has to differ between runs.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = (t as u64 ^ u64::from(std::process::id())).to_le_bytes();
-    }
-    hex::encode(bytes)
+    crate::unique::random_hex(8)
 }
 
 fn hostname() -> String {

@@ -4,7 +4,7 @@
 //! into place on commit, so a reader never sees half an object.
 
 use super::{check_key, NotFound, ObjectInfo, ObjectWriter, Store};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use async_trait::async_trait;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,24 +20,86 @@ pub struct LocalStore {
 /// Prefix of temporary files; never listed.
 const PARTIAL_PREFIX: &str = ".lockstep-partial-";
 
-/// Creates the directory `dest` goes into. Artifacts hold a platform's secrets:
-/// directories are private, as bbr makes them.
-async fn private_parent(dest: &Path) -> anyhow::Result<PathBuf> {
+/// Creates the directories between the store's root and `dest`, private (artifacts hold a
+/// platform's secrets; bbr makes them 0700 too), one component at a time so that nothing
+/// below the root is followed through a symlink. A directory that is already there must be
+/// a real directory owned by this user: in a directory others can write (`-a /tmp/x`), a
+/// directory planted at an artifact's name would otherwise receive its files. The root
+/// itself is the operator's choice and may be a symlink.
+fn private_parent(root: &Path, dest: &Path) -> anyhow::Result<PathBuf> {
     let dir = dest.parent().context("key without a parent")?.to_path_buf();
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    builder.mode(0o700);
-    builder.create(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let below = dir.strip_prefix(root).context("key outside the store")?;
+    let mut cur = root.to_path_buf();
+    for part in below.components() {
+        cur.push(part);
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        match builder.create(&cur) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_own_dir(&cur)?,
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("creating {}", cur.display()))),
+        }
+    }
     Ok(dir)
 }
 
-/// A suffix no other writer in this process or another uses at the same moment.
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+/// Refuses a symlink, a non-directory, or a directory another user owns.
+fn check_own_dir(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("examining {}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!("{} is a symlink: lockstep does not write artifacts through symlinks; remove it or choose another directory", path.display());
+    }
+    if !meta.is_dir() {
+        bail!("{} is in the way: it is not a directory", path.display());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            bail!(
+                "{} belongs to another user (uid {}, lockstep runs as uid {me}): refusing to write artifacts into it; remove it or choose another directory",
+                path.display(),
+                meta.uid()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a symlink anywhere between the store's root and `path`, the object itself
+/// included: a link planted in a shared directory must not be read, nor replaced, under an
+/// artifact's name.
+fn refuse_symlinks(root: &Path, path: &Path) -> anyhow::Result<()> {
+    let Ok(below) = path.strip_prefix(root) else { return Ok(()) };
+    let mut cur = root.to_path_buf();
+    for part in below.components() {
+        cur.push(part);
+        if std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!("{} is a symlink: lockstep does not follow symlinks inside an artifact directory", cur.display());
+        }
+    }
+    Ok(())
+}
+
+/// Opens a new file that nothing else has a name for: O_CREAT | O_EXCL (never over a
+/// planted file or link) | O_NOFOLLOW, mode 0600.
+fn create_new_file(path: &Path) -> io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    opts.open(path)
+}
+
+/// A temporary name beside `name` that cannot be guessed in advance.
+fn partial_name(name: &str) -> String {
+    format!("{PARTIAL_PREFIX}{name}-{}", crate::unique::random_hex(8))
 }
 
 impl LocalStore {
@@ -124,19 +186,24 @@ impl Store for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    async fn check_writable(&self, prefix: &str) -> anyhow::Result<()> {
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => check_own_dir(&dir),
+        }
+    }
+
     async fn create(&self, key: &str) -> anyhow::Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key)?;
-        let dir = private_parent(&dest).await?;
+        // Synchronous on purpose, like the open: an async mkdir or open runs on the blocking
+        // pool, and if this future is dropped (a stop request) while it is in flight the
+        // directory or file would appear after its owner is gone and stay behind.
+        let dir = private_parent(&self.root, &dest)?;
+        refuse_symlinks(&self.root, &dest)?;
         let name = dest.file_name().context("key without a name")?.to_string_lossy();
-        let tmp = dir.join(format!("{PARTIAL_PREFIX}{name}"));
-        // Opened synchronously on purpose: an async open runs on the blocking pool, and if
-        // this future is dropped (a stop request) while it is in flight the file would appear
-        // after its owner is gone and stay behind. A file open is one short syscall.
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let tmp = dir.join(partial_name(&name));
+        let file = create_new_file(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Box::new(LocalWriter { file: Some(fs::File::from_std(file)), tmp, dest, size: 0, committed: false }))
     }
 
@@ -144,15 +211,11 @@ impl Store for LocalStore {
         // Written whole under a name of its own, then hard-linked to the key: link(2) fails
         // if the key exists, so of two writers exactly one succeeds.
         let dest = self.path(key)?;
-        let dir = private_parent(&dest).await?;
-        let tmp = dir.join(format!("{PARTIAL_PREFIX}{}-{}", std::process::id(), unique_suffix()));
+        let dir = private_parent(&self.root, &dest)?;
+        let tmp = dir.join(partial_name("put"));
         let result = (|| {
             use std::io::Write;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
+            let mut f = create_new_file(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             match std::fs::hard_link(&tmp, &dest) {
@@ -167,7 +230,12 @@ impl Store for LocalStore {
 
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
         let path = self.path(key)?;
-        match fs::File::open(&path).await {
+        refuse_symlinks(&self.root, &path)?;
+        let mut opts = fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        opts.custom_flags(libc::O_NOFOLLOW);
+        match opts.open(&path).await {
             Ok(f) => Ok(Box::new(tokio::io::BufReader::with_capacity(256 * 1024, f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(NotFound { key: key.to_string(), store: self.describe() }.into())
@@ -210,8 +278,10 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path).await {
+            // Not there (a writer that never committed): its directories may still be
+            // empty ones this store made for it.
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(anyhow::Error::from(e).context(format!("deleting {}", path.display()))),
         }
         // Remove directories the delete emptied, up to the root, so a pruned artifact

@@ -46,6 +46,13 @@ pub trait Store: Send + Sync {
     async fn preflight(&self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Checks, creating nothing, that objects can be written under `prefix` (an artifact's
+    /// name) without going through anything planted there: a local store refuses a symlink
+    /// or another user's directory at the name. A backup asks before anything is locked.
+    async fn check_writable(&self, prefix: &str) -> anyhow::Result<()> {
+        let _ = prefix;
+        Ok(())
+    }
     /// Problems that did not fail the operation (a replica that lost its copy), for the
     /// commit marker and the log.
     fn warnings(&self) -> Vec<String> {

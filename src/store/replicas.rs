@@ -106,6 +106,13 @@ impl Store for ReplicaStore {
         Ok(())
     }
 
+    async fn check_writable(&self, prefix: &str) -> anyhow::Result<()> {
+        for i in self.live() {
+            self.stores[i].check_writable(prefix).await?;
+        }
+        Ok(())
+    }
+
     fn warnings(&self) -> Vec<String> {
         let mut w: Vec<String> = self
             .failed()
