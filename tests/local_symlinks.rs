@@ -127,18 +127,24 @@ fn lockstep() -> Command {
     Command::cargo_bin("lockstep").unwrap()
 }
 
-/// A failed fetch (the source artifact is corrupt) leaves no directory where it fetched to.
-#[test]
-fn a_failed_fetch_leaves_nothing_behind() {
-    let tmp = TempDir::new().unwrap();
-    let deployed = create_deployment(&tmp.path().join("vms"), true).unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
+/// `lockstep local --name cf` over the demo's instances under `base`.
+fn local_cf(base: &Path) -> (Command, Vec<(lockstep::model::InstanceId, String)>) {
+    let deployed = create_deployment(base, true).unwrap();
     let mut c = lockstep();
     c.args(["local", "--name", "cf"]);
     for (id, root) in &deployed {
         c.arg("--instance").arg(format!("{id}={root}"));
     }
+    (c, deployed)
+}
+
+/// A failed fetch (the source artifact is corrupt) leaves no directory where it fetched to.
+#[test]
+fn a_failed_fetch_leaves_nothing_behind() {
+    let tmp = TempDir::new().unwrap();
+    let (mut c, _) = local_cf(&tmp.path().join("vms"));
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
     c.args(["backup", "-a"]).arg(&src).assert().success();
     let name = fs::read_dir(&src).unwrap().next().unwrap().unwrap().file_name().to_string_lossy().into_owned();
     // Corrupt the last tar the metadata names, so the fetch fails after writing others.
@@ -162,7 +168,7 @@ fn a_failed_fetch_leaves_nothing_behind() {
 #[test]
 fn a_local_backup_refuses_to_write_through_a_planted_artifact_directory() {
     let tmp = TempDir::new().unwrap();
-    let deployed = create_deployment(&tmp.path().join("vms"), true).unwrap();
+    let (mut c, deployed) = local_cf(&tmp.path().join("vms"));
     let store = tmp.path().join("store");
     fs::create_dir(&store).unwrap();
     let elsewhere = tmp.path().join("elsewhere");
@@ -172,11 +178,6 @@ fn a_local_backup_refuses_to_write_through_a_planted_artifact_directory() {
     for s in 0..60 {
         let at = now + chrono::Duration::seconds(s);
         symlink(&elsewhere, store.join(format!("cf_{}", at.format("%Y%m%dT%H%M%SZ")))).unwrap();
-    }
-    let mut c = lockstep();
-    c.args(["local", "--name", "cf"]);
-    for (id, root) in &deployed {
-        c.arg("--instance").arg(format!("{id}={root}"));
     }
     let o = c.args(["backup", "-a"]).arg(&store).output().unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

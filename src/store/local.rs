@@ -77,9 +77,14 @@ fn refuse_symlinks(root: &Path, path: &Path) -> anyhow::Result<()> {
     let mut cur = root.to_path_buf();
     for part in below.components() {
         cur.push(part);
-        if std::fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
-            bail!("{} is a symlink: lockstep does not follow symlinks inside an artifact directory", cur.display());
-        }
+        refuse_symlink(&cur)?;
+    }
+    Ok(())
+}
+
+fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!("{} is a symlink: lockstep does not follow symlinks inside an artifact directory", path.display());
     }
     Ok(())
 }
@@ -199,8 +204,9 @@ impl Store for LocalStore {
         // Synchronous on purpose, like the open: an async mkdir or open runs on the blocking
         // pool, and if this future is dropped (a stop request) while it is in flight the
         // directory or file would appear after its owner is gone and stay behind.
+        // private_parent vetted every directory on the way; the object's own name is left.
         let dir = private_parent(&self.root, &dest)?;
-        refuse_symlinks(&self.root, &dest)?;
+        refuse_symlink(&dest)?;
         let name = dest.file_name().context("key without a name")?.to_string_lossy();
         let tmp = dir.join(partial_name(&name));
         let file = create_new_file(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
