@@ -51,8 +51,14 @@ const LOCAL_KEYS: &[&str] = &["name", "instances"];
 const ENCRYPTION_KEYS: &[&str] = &["recipients", "identity"];
 const RETENTION_KEYS: &[&str] = &["keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_within", "min_age", "grace"];
 const STORE_EXTRA_KEYS: &[&str] = &["path", "replicas"];
-const SSH_KEYS: &[&str] =
-    &["insecure_skip_host_key_check", "connect_timeout", "all_proxy", "all_proxy_private_key", "all_proxy_host_public_key"];
+const SSH_KEYS: &[&str] = &[
+    "insecure_skip_host_key_check",
+    "connect_timeout",
+    "keepalive",
+    "all_proxy",
+    "all_proxy_private_key",
+    "all_proxy_host_public_key",
+];
 
 /// Every section of the configuration vocabulary and the keys it takes, as the parsers
 /// check them: docs/configuration.md documents exactly these (tests/configuration_doc.rs).
@@ -384,6 +390,10 @@ impl Config {
             if let Some(v) = s.get("connect_timeout") {
                 ssh.connect_timeout = duration(v, "ssh.connect_timeout")?;
             }
+            if let Some(v) = s.get("keepalive") {
+                ssh.keepalive_interval = duration(v, "ssh.keepalive")?;
+                crate::target::check_keepalive(ssh.keepalive_interval).context("ssh.keepalive")?;
+            }
             ssh.gateway = all_proxy(s, &ssh)?;
         }
         Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, min_stores, ssh })
@@ -521,6 +531,27 @@ mod tests {
         assert_eq!(s3.max_retries, Some(3));
         let e = format!("{:#}", Config::parse(r#"{"store": {"bucket": "bkt", "secret_access_key": [987654321012345]}}"#).unwrap_err());
         assert!(!e.contains("987654321012345"), "{e}");
+    }
+
+    #[test]
+    fn keepalive_and_request_timeout_are_durations_with_defaults() {
+        let c = Config::parse("store: {bucket: bkt}\n").unwrap();
+        assert_eq!(c.ssh.keepalive_interval, Duration::from_secs(30));
+        let crate::config::StoreConfig::S3(s3) = &c.store else { panic!() };
+        assert_eq!(s3.request_timeout_duration().unwrap(), Duration::from_secs(300));
+        let c = Config::parse("store: {bucket: bkt, request_timeout: 10m}\nssh: {keepalive: 5s}\n").unwrap();
+        assert_eq!(c.ssh.keepalive_interval, Duration::from_secs(5));
+        let crate::config::StoreConfig::S3(s3) = &c.store else { panic!() };
+        assert_eq!(s3.request_timeout_duration().unwrap(), Duration::from_secs(600));
+        let c = Config::parse(r#"{"store": {"bucket": "bkt", "request_timeout": 45}}"#).unwrap();
+        let crate::config::StoreConfig::S3(s3) = &c.store else { panic!() };
+        assert_eq!(s3.request_timeout_duration().unwrap(), Duration::from_secs(45));
+        let e = err("store: {path: /x}\nssh: {keepalive: 0s}\n");
+        assert!(e.contains("ssh.keepalive") && e.contains("at least 1s"), "{e}");
+        let e = err("store: {bucket: bkt, request_timeout: soon}\n");
+        assert!(e.contains("request_timeout") && e.contains("invalid duration"), "{e}");
+        let e = err("store: {bucket: bkt, request_timeout: 500ms}\n");
+        assert!(e.contains("request_timeout must be at least 1s"), "{e}");
     }
 
     #[test]

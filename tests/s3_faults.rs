@@ -5,6 +5,8 @@
 //! refused without it, accepted with `skip_ssl_verification`).
 
 mod s3_support;
+#[path = "support/stall_proxy.rs"]
+mod stall_proxy;
 
 use assert_cmd::Command;
 use lockstep::artifact::stored;
@@ -131,6 +133,31 @@ async fn server_stopped_mid_upload_commits_nothing() {
     server.restart();
     assert!(store.list("").await.unwrap().is_empty(), "something was committed");
     assert!(stored::list(&store).await.unwrap().is_empty());
+}
+
+/// A server that stops answering (a stalled network: connections accepted, nothing comes
+/// back) fails a request after `request_timeout`, not after the 300 s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_fails_a_request_after_the_request_timeout() {
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("bucket");
+    let proxy = stall_proxy::StallProxy::start(&format!("127.0.0.1:{}", server.port));
+    let mut c = server.config("bucket", "p");
+    c.endpoint = Some(format!("http://{}", proxy.address()));
+    c.request_timeout = Some("2s".into());
+    c.max_retries = Some(1);
+    c.retry_timeout_seconds = Some(60);
+    let store = S3Store::new(&c).unwrap();
+    assert!(store.list("").await.unwrap().is_empty());
+    proxy.stall();
+    let start = Instant::now();
+    let err = format!("{:#}", store.list("").await.unwrap_err());
+    let took = start.elapsed();
+    // Two tries of 2 s each and a short backoff; the default would wait 300 s per try.
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "gave up after {took:?}: {err}");
+    assert!(err.to_lowercase().contains("timed out") || err.to_lowercase().contains("timeout"), "{err}");
+    proxy.resume();
+    assert!(store.list("").await.unwrap().is_empty(), "the store works again once the network is back");
 }
 
 #[test]

@@ -34,6 +34,15 @@ pub enum StagingHolder {
     Run(String),
 }
 
+/// Marks the error of a script whose outcome is unknown: the instance could not be
+/// reached, or the connection dropped before the exit status came back. The script may
+/// not have run, may have finished, or may still run; an idempotent script (an unlock) is
+/// worth trying again. A script that answered with a failure, or that ran past its time
+/// limit, is not marked. Found with `error.is::<Unanswered>()` anywhere in the chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unanswered(pub String);
+
 /// A BBR script found on an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundScript {

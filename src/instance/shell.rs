@@ -2,11 +2,11 @@
 //! value that reaches the shell is quoted ([`crate::transport::quote`]).
 
 use super::remote_sums::{checksum_command, parse_checksum_output};
-use super::{FoundScript, Instance, StagingHolder, parse_script_path, ARTIFACT_ROOT, JOBS_DIR, RUN_RECORD_FILE};
+use super::{FoundScript, Instance, StagingHolder, Unanswered, parse_script_path, ARTIFACT_ROOT, JOBS_DIR, RUN_RECORD_FILE};
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};
 use crate::transport::quote::{is_env_name, quote};
-use crate::transport::{exec_capture, ExecStatus, Reader, Transport, Writer};
+use crate::transport::{exec_capture, ExecStatus, Reader, TimedOut, Transport, Writer};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 
@@ -113,9 +113,15 @@ impl Instance for ShellInstance {
         }
         cmd.push(' ');
         cmd.push_str(&quote(&self.path(&format!("{JOBS_DIR}/{job}/bin/bbr/{kind}"))));
-        let (status, out) = exec_capture(self.transport.as_ref(), &cmd)
-            .await
-            .with_context(|| format!("running {kind} for job {job} on {}", self.id))?;
+        let what = || format!("running {kind} for job {job} on {}", self.id);
+        let (status, out) = match exec_capture(self.transport.as_ref(), &cmd).await {
+            Ok(done) => done,
+            Err(e) if e.is::<TimedOut>() => return Err(e.context(what())),
+            Err(e) => return Err(e.context(Unanswered(what()))),
+        };
+        if status.lost {
+            return Err(Unanswered(status.describe_failure()).into());
+        }
         check(&status)?;
         Ok(out)
     }
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn tar_file_changed_warnings_are_not_failures() {
-        let st = |code, err: &str| ExecStatus { code: Some(code), stderr: err.as_bytes().to_vec() };
+        let st = |code, err: &str| ExecStatus { code: Some(code), stderr: err.as_bytes().to_vec(), lost: false };
         assert!(tar_only_saw_metadata_changes(&st(1, "tar: ./a/b: file changed as we read it\n")));
         assert!(!tar_only_saw_metadata_changes(&st(1, "tar: ./a: file changed as we read it\ntar: ./c: Cannot open: Permission denied\n")));
         assert!(!tar_only_saw_metadata_changes(&st(2, "tar: ./a/b: file changed as we read it\n")));

@@ -5,8 +5,48 @@
 
 use super::discover::{Deployment, JobAt};
 use super::{bounded, cancellable, script, Cancelled, Ctx, FailureKind, Failures};
+use crate::instance::{InstanceRef, Unanswered};
 use crate::model::ScriptKind;
 use anyhow::anyhow;
+use std::time::Duration;
+
+/// How often a script that cannot be cancelled (an unlock, which the platform is owed) is
+/// tried when its instance does not answer, and the waits between tries: 1, 2, 4 and 8 s,
+/// about 15 s plus the connect timeouts, enough to ride out a network blip or an sshd
+/// restart without holding a run that has lost its instance for long.
+pub(crate) const OWED_ATTEMPTS: u32 = 5;
+const OWED_FIRST_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs an owed script, trying it again (with doubling waits) while its instance does not
+/// answer and no stop was requested: a stop leaves seconds before the kill, no time to wait.
+/// Unlock scripts are idempotent by the BBR contract, so running one again after an
+/// attempt whose outcome is unknown is safe. A script that answered with a failure is not
+/// tried again.
+async fn owed(ctx: &Ctx, inst: &InstanceRef, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
+    let mut wait = OWED_FIRST_WAIT;
+    for attempt in 1.. {
+        let e = match script(ctx, inst, job, kind, env).await {
+            Err(e) if e.is::<Unanswered>() => e,
+            done => return done,
+        };
+        if attempt >= OWED_ATTEMPTS || ctx.cancelled() {
+            let cleanup = if kind == ScriptKind::PostRestoreUnlock { "restore-cleanup" } else { "backup-cleanup" };
+            return Err(e.context(format!(
+                "no answer after {attempt} attempt(s): {job} on {} may still be locked; once the instance answers, run {cleanup}",
+                inst.id()
+            )));
+        }
+        ctx.warn(format!(
+            "{kind} for job {job} on {}: no answer ({e:#}); trying again in {}s (attempt {} of {OWED_ATTEMPTS})",
+            inst.id(),
+            wait.as_secs(),
+            attempt + 1
+        ));
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    unreachable!("the loop returns")
+}
 
 /// Within a level: all jobs at once (bounded by `max_in_flight`), or one after another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +57,8 @@ pub enum Within {
 
 /// Runs `kind` on every job of `jobs` that has it. Errors read as bbr's
 /// (`Error attempting to run <kind> for job <job> on <instance>: ...`); a stop request
-/// cancels the runs only when `can_cancel`.
+/// cancels the runs only when `can_cancel`; the others are owed and tried again while
+/// their instance does not answer ([`owed`]).
 pub(crate) async fn run_on_jobs(
     ctx: &Ctx,
     dep: &Deployment,
@@ -29,8 +70,11 @@ pub(crate) async fn run_on_jobs(
     let with_script: Vec<JobAt> = jobs.iter().copied().filter(|&at| dep.job(at).1.has(kind)).collect();
     let results = bounded(ctx.max_in_flight, with_script, |at| async move {
         let (inst, job) = dep.job(at);
-        let run = script(ctx, inst, &job.name, kind, env);
-        let r = if can_cancel { cancellable(ctx, run).await } else { run.await };
+        let r = if can_cancel {
+            cancellable(ctx, script(ctx, inst, &job.name, kind, env)).await
+        } else {
+            owed(ctx, inst, &job.name, kind, env).await
+        };
         r.map_err(|e| {
             if e.is::<Cancelled>() {
                 e

@@ -150,8 +150,7 @@ impl S3Store {
         }
         let mut opts = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(10))
-            // One request carries at most one part: allow a slow link time to send it.
-            .with_timeout(Duration::from_secs(300))
+            .with_timeout(c.request_timeout_duration()?)
             .with_allow_invalid_certificates(c.skip_ssl_verification)
             .with_allow_http(c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
         if let Some(bundle) = &c.ca_bundle {

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A parsed `--store` value.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,24 @@ use std::path::PathBuf;
 pub enum StoreUrl {
     File(PathBuf),
     S3(S3Config),
+}
+
+/// One request carries at most one part (16 MiB by default): 300 s lets a slow link
+/// (about 0.5 Mbit/s) send it.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `request_timeout` as text, given as a string (`10m`) or a number of seconds.
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        S(String),
+        N(u64),
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|e| match e {
+        Either::S(s) => s,
+        Either::N(n) => n.to_string(),
+    }))
 }
 
 /// An S3 (or S3-compatible) store. Field names are `concourse/s3-resource`'s.
@@ -66,6 +85,11 @@ pub struct S3Config {
     /// Give up retrying one request after this many seconds; default 180.
     #[serde(default)]
     pub retry_timeout_seconds: Option<u64>,
+    /// The most one request (one part at most) may take, from sending it to the last byte
+    /// of its answer: a duration (`300s`, `10m`) or seconds; default 300s. A request that
+    /// takes longer is dropped and retried.
+    #[serde(default, deserialize_with = "duration_text")]
+    pub request_timeout: Option<String>,
     /// The most parts one multipart upload may have: S3's 10,000 by default; lower for
     /// S3-compatible servers with a lower limit.
     #[serde(default)]
@@ -96,6 +120,7 @@ impl S3Config {
         "part_size_mib",
         "max_retries",
         "retry_timeout_seconds",
+        "request_timeout",
         "max_parts",
         "enable_aws_creds_provider",
     ];
@@ -113,6 +138,7 @@ impl S3Config {
         "part_size_mib",
         "max_retries",
         "retry_timeout_seconds",
+        "request_timeout",
         "max_parts",
         "enable_aws_creds_provider",
     ];
@@ -185,7 +211,18 @@ impl S3Config {
         if self.part_size_mib.is_some_and(|p| !(5..=5120).contains(&p)) {
             bail!("part_size_mib must be between 5 and 5120 (S3's limits)");
         }
+        self.request_timeout_duration()?;
         Ok(())
+    }
+
+    /// [`S3Config::request_timeout`], parsed; at least a second.
+    pub fn request_timeout_duration(&self) -> anyhow::Result<Duration> {
+        let Some(text) = &self.request_timeout else { return Ok(DEFAULT_REQUEST_TIMEOUT) };
+        let d = crate::config::parse_duration(text).context("request_timeout")?;
+        if d < Duration::from_secs(1) {
+            bail!("request_timeout must be at least 1s (got {text:?})");
+        }
+        Ok(d)
     }
 }
 
@@ -210,6 +247,7 @@ impl fmt::Debug for S3Config {
             .field("part_size_mib", &self.part_size_mib)
             .field("max_retries", &self.max_retries)
             .field("retry_timeout_seconds", &self.retry_timeout_seconds)
+            .field("request_timeout", &self.request_timeout)
             .field("max_parts", &self.max_parts)
             .field("enable_aws_creds_provider", &self.enable_aws_creds_provider)
             .finish()
@@ -331,6 +369,7 @@ impl StoreUrl {
                 "part_size_mib" => c.part_size_mib = Some(num(&v)?),
                 "max_retries" => c.max_retries = Some(num(&v)? as usize),
                 "retry_timeout_seconds" => c.retry_timeout_seconds = Some(num(&v)?),
+                "request_timeout" => c.request_timeout = Some(v),
                 "max_parts" => c.max_parts = Some(num(&v)?),
                 "enable_aws_creds_provider" => c.enable_aws_creds_provider = parse_bool(key, &v)?,
                 _ => bail!("store URL: unknown option {key:?}; allowed: {}", S3Config::QUERY_KEYS.join(", ")),
@@ -374,6 +413,14 @@ mod tests {
         for good in ["backups", "my.backups-2", "abc"] {
             check_bucket_name(good).unwrap();
         }
+    }
+
+    #[test]
+    fn a_url_takes_a_request_timeout() {
+        let StoreUrl::S3(c) = StoreUrl::parse("s3://bkt/p?request_timeout=2m").unwrap() else { panic!() };
+        assert_eq!(c.request_timeout_duration().unwrap(), Duration::from_secs(120));
+        let StoreUrl::S3(c) = StoreUrl::parse("s3://bkt/p?request_timeout=2x").unwrap() else { panic!() };
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("request_timeout"));
     }
 
     #[test]

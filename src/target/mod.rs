@@ -16,7 +16,7 @@ pub mod ssh_options;
 
 pub use director::{deployment_name_from_address, DirectorTarget};
 pub use hosts::{HostSpec, HostsTarget, Inventory};
-pub use ssh_options::{resolve_gateway, GatewayFlags, SshOptions};
+pub use ssh_options::{check_keepalive, resolve_gateway, GatewayFlags, SshOptions};
 
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;

@@ -8,6 +8,15 @@ use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A keepalive interval must be at least a second: russh sends them on a timer, and a
+/// zero interval would mean none at all.
+pub fn check_keepalive(d: Duration) -> anyhow::Result<()> {
+    if d < Duration::from_secs(1) {
+        bail!("the SSH keepalive interval must be at least 1s (got {})", humantime::format_duration(d));
+    }
+    Ok(())
+}
+
 /// SSH settings shared by every instance of a target.
 #[derive(Clone, Debug)]
 pub struct SshOptions {

@@ -112,6 +112,6 @@ impl Transport for LocalTransport {
         if let Some(g) = group {
             g.disarm();
         }
-        Ok(ExecStatus { code: status.code(), stderr: stderr.unwrap_or_default() })
+        Ok(ExecStatus { code: status.code(), stderr: stderr.unwrap_or_default(), lost: false })
     }
 }

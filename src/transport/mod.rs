@@ -21,6 +21,9 @@ pub struct ExecStatus {
     /// or a connection that dropped).
     pub code: Option<i32>,
     pub stderr: Vec<u8>,
+    /// The connection dropped before the exit status arrived: the command may have
+    /// finished, failed or still be running on the instance.
+    pub lost: bool,
 }
 
 impl ExecStatus {
@@ -39,6 +42,13 @@ impl ExecStatus {
     }
 }
 
+/// The error of a command stopped because it ran past its time limit (the instance
+/// answered; the command did not finish). Unlike a lost connection, trying it again would
+/// most likely hang the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);
+
 #[async_trait]
 pub trait Transport: Send + Sync {
     /// Where commands run, for messages: `local:/tmp/vm1`, `vcap@10.0.0.5:22`.
@@ -51,8 +61,9 @@ pub trait Transport: Send + Sync {
     /// Run `command` (a complete, already quoted `sh` command line) with root privileges.
     /// stdout is copied into `stdout` as it arrives (backpressure is the writer's);
     /// `stdin`, if given, is copied to the command and then closed.
-    /// An `Err` means the command could not be run or its streams failed; a command that
-    /// ran and failed is an `Ok` with a non-zero code.
+    /// An `Err` means the command could not be run (the instance could not be reached),
+    /// its streams failed, or it ran out of time ([`TimedOut`]); a command that ran and
+    /// failed is an `Ok` with a non-zero code.
     async fn exec(
         &self,
         command: &str,

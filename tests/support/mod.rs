@@ -3,3 +3,4 @@
 
 pub mod fleet;
 pub mod director;
+pub mod stall_proxy;

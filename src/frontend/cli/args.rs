@@ -119,6 +119,10 @@ pub struct SshFlags {
     /// Connect timeout: TCP, SSH handshake and authentication.
     #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub connect_timeout: std::time::Duration,
+    /// Send an SSH keepalive this often; three unanswered in a row close the connection
+    /// (a command on it fails, an owed unlock is tried again on a new one).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_keepalive)]
+    pub keepalive: std::time::Duration,
     /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
     #[arg(long, global = true, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub script_timeout: Option<std::time::Duration>,
@@ -133,12 +137,19 @@ pub struct SshFlags {
     pub gateway_host_public_key: Option<String>,
 }
 
+fn parse_keepalive(s: &str) -> anyhow::Result<std::time::Duration> {
+    let d = crate::config::parse_duration(s)?;
+    crate::target::check_keepalive(d)?;
+    Ok(d)
+}
+
 impl SshFlags {
     pub(super) fn options(&self) -> anyhow::Result<crate::target::SshOptions> {
         let mut opts = crate::target::SshOptions::from_env();
         opts.known_hosts_path = self.known_hosts.clone();
         opts.insecure_skip_host_key_check = self.insecure_skip_host_key_check;
         opts.connect_timeout = self.connect_timeout;
+        opts.keepalive_interval = self.keepalive;
         opts.script_timeout = self.script_timeout;
         let flags = crate::target::GatewayFlags {
             gateway: self.gateway.clone(),

@@ -29,6 +29,9 @@ impl SshFlags {
         if self.connect_timeout != crate::transport::ssh::DEFAULT_CONNECT_TIMEOUT {
             push(&mut w, "--connect-timeout", Some(humantime::format_duration(self.connect_timeout).to_string()));
         }
+        if self.keepalive != crate::transport::ssh::DEFAULT_KEEPALIVE_INTERVAL {
+            push(&mut w, "--keepalive", Some(humantime::format_duration(self.keepalive).to_string()));
+        }
         push(&mut w, "--script-timeout", self.script_timeout.map(|d| humantime::format_duration(d).to_string()));
         push(&mut w, "--gateway", self.gateway.as_deref().map(quote));
         push(&mut w, "--gateway-private-key-path", self.gateway_private_key_path.as_deref().map(path));

@@ -44,7 +44,7 @@ pub use keyring::{default_known_hosts_path, parse_public_key_line, verify_host_k
 use channel::*;
 use connect::*;
 
-use super::{ExecStatus, Reader, Transport, Writer};
+use super::{ExecStatus, Reader, TimedOut, Transport, Writer};
 use crate::transport::quote::quote;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
@@ -347,10 +347,11 @@ impl Transport for SshTransport {
                 None => run.await,
                 Some(limit) => match tokio::time::timeout(limit, run).await {
                     Ok(r) => r,
-                    Err(_) => Err(anyhow!(
+                    Err(_) => Err(TimedOut(format!(
                         "timed out after {} on {describe} (script timeout): the command was stopped and its channel closed",
                         secs(limit)
-                    )),
+                    ))
+                    .into()),
                 },
             }
         };
@@ -394,6 +395,7 @@ impl SshTransport {
                 push_line(&mut stderr, &hint);
             }
         }
-        ExecStatus { code: o.code, stderr }
+        let lost = o.code.is_none() && o.signal.is_none();
+        ExecStatus { code: o.code, stderr, lost }
     }
 }
