@@ -6,6 +6,7 @@
 
 mod s3_support;
 #[path = "support/stall_proxy.rs"]
+#[allow(dead_code)]
 mod stall_proxy;
 
 use assert_cmd::Command;

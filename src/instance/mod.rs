@@ -19,6 +19,11 @@ use std::sync::Arc;
 /// Where BBR jobs live and where their artifacts are staged, relative to the instance root.
 pub const JOBS_DIR: &str = "/var/vcap/jobs";
 pub const ARTIFACT_ROOT: &str = "/var/vcap/store/bbr-backup";
+/// Where owed scripts (unlocks) run detached keep their output and exit status, one
+/// directory per run and script: `<run>/<job>.<script>/{pid,stdout,stderr,status}`. On the
+/// ephemeral disk, outside the staging directory, so a cleanup that removed the staging
+/// directory still finds what a killed run's unlocks did.
+pub const OWED_ROOT: &str = "/var/vcap/data/lockstep/owed";
 /// The run record a lockstep run writes into the staging directory it claimed
 /// (see [`crate::orchestrate::run_lock`]).
 pub const RUN_RECORD_FILE: &str = ".lockstep-run";
@@ -60,6 +65,21 @@ pub trait Instance: Send + Sync {
     async fn find_scripts(&self) -> anyhow::Result<Vec<FoundScript>>;
     /// Runs a script with extra environment variables; returns its stdout.
     async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>>;
+    /// Runs an owed script (an unlock) detached from the connection, so that it finishes on
+    /// the instance even if lockstep is killed or the connection drops; its output and
+    /// exit status stay in [`OWED_ROOT`]`/<run>`. Started once per run and script: a second
+    /// call finds it started. With `wait`, waits for its end and returns as
+    /// [`Instance::run_script`] does; without, returns once it started.
+    async fn run_owed(&self, run: &str, job: &str, kind: ScriptKind, env: &[(String, String)], wait: bool) -> anyhow::Result<Vec<u8>>;
+    /// Stops (SIGTERM, then SIGKILL after 2 s) every process on the instance whose
+    /// environment has `<env>=<run>`: what a killed run's lock, backup and restore scripts
+    /// left running. Returns how many there were.
+    async fn stop_run(&self, env: &str, run: &str) -> anyhow::Result<usize>;
+    /// Removes what [`Instance::run_owed`] kept for `run`, once its results were received.
+    async fn forget_owed(&self, run: &str) -> anyhow::Result<()>;
+    /// Owed scripts started on this instance whose end nobody collected (a killed run's):
+    /// `(run, job, kind)`.
+    async fn owed_left(&self) -> anyhow::Result<Vec<(String, String, ScriptKind)>>;
     /// The value of `BBR_ARTIFACT_DIRECTORY` for an artifact (with a trailing slash).
     fn artifact_dir(&self, artifact: &str) -> String;
     /// Who holds `/var/vcap/store/bbr-backup`, if anyone.

@@ -2,7 +2,7 @@
 //! value that reaches the shell is quoted ([`crate::transport::quote`]).
 
 use super::remote_sums::{checksum_command, parse_checksum_output};
-use super::{FoundScript, Instance, StagingHolder, Unanswered, parse_script_path, ARTIFACT_ROOT, JOBS_DIR, RUN_RECORD_FILE};
+use super::{FoundScript, Instance, StagingHolder, Unanswered, parse_script_path, ARTIFACT_ROOT, JOBS_DIR, OWED_ROOT, RUN_RECORD_FILE};
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};
 use crate::transport::quote::{is_env_name, quote};
@@ -46,6 +46,37 @@ impl ShellInstance {
         }
     }
 
+    /// `env 'K=V' ... '/var/vcap/jobs/<job>/bin/bbr/<kind>'`, every word quoted.
+    fn script_command(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<String> {
+        let mut cmd = String::from("env");
+        for (k, v) in env {
+            if !is_env_name(k) {
+                bail!("invalid environment variable name {k:?}");
+            }
+            cmd.push(' ');
+            cmd.push_str(&quote(&format!("{k}={v}")));
+        }
+        cmd.push(' ');
+        cmd.push_str(&quote(&self.path(&format!("{JOBS_DIR}/{job}/bin/bbr/{kind}"))));
+        Ok(cmd)
+    }
+
+    /// Runs a script's command line. An error that leaves the script's outcome unknown (no
+    /// connection, or no exit status) is marked [`Unanswered`]; a time limit is not.
+    async fn run_script_command(&self, job: &str, kind: ScriptKind, cmd: &str) -> anyhow::Result<Vec<u8>> {
+        let what = || format!("running {kind} for job {job} on {}", self.id);
+        let (status, out) = match exec_capture(self.transport.as_ref(), cmd).await {
+            Ok(done) => done,
+            Err(e) if e.is::<TimedOut>() => return Err(e.context(what())),
+            Err(e) => return Err(e.context(Unanswered(what()))),
+        };
+        if status.lost {
+            return Err(Unanswered(status.describe_failure()).into());
+        }
+        check(&status)?;
+        Ok(out)
+    }
+
     /// Runs a command that prints little, failing with its stderr on a non-zero exit.
     async fn run(&self, what: &str, command: &str) -> anyhow::Result<Vec<u8>> {
         let (status, out) = exec_capture(self.transport.as_ref(), command)
@@ -54,6 +85,52 @@ impl ShellInstance {
         check(&status).with_context(|| format!("{what} on {}", self.id))?;
         Ok(out)
     }
+}
+
+/// A run id becomes a path component on the instance.
+fn check_run_id(run: &str) -> anyhow::Result<()> {
+    if run.is_empty() || !run.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("invalid run id {run:?}");
+    }
+    Ok(())
+}
+
+/// The exit code of an owed script whose process vanished without writing its status
+/// (killed with SIGKILL, or the instance rebooted).
+const OWED_VANISHED: i32 = 125;
+
+/// The shell for [`Instance::run_owed`]. `mkdir` (atomic) decides who starts the script:
+/// the winner starts it under `setsid` (its own session and process group, so neither the
+/// end of this SSH session nor the kill of this command's group reaches it) with its
+/// output in `dir` and its exit status written last (`status`, renamed into place). With
+/// `wait`, polls for `status` (and for the process, so one that died without a status does
+/// not hang the wait), then replays the output and exits with the script's code. It
+/// removes nothing: a waiter whose reader is gone (lockstep killed) still gets this far,
+/// and the result must stay for the cleanup ([`Instance::forget_owed`] removes it).
+fn owed_command(dir: &str, script: &str, wait: bool) -> String {
+    let parent = dir.rsplit_once('/').map(|(p, _)| p).unwrap_or(dir);
+    let inner = format!("{script} > \"$1/stdout\" 2> \"$1/stderr\"; echo $? > \"$1/status.tmp\" && mv \"$1/status.tmp\" \"$1/status\"");
+    // The starter waits for its own child with `wait` (no polling delay added to the lock
+    // window); only a later attempt, finding the script started, polls.
+    let mut cmd = format!(
+        "d={d}; mkdir -p {p} || exit 1; \
+         if mkdir \"$d\" 2>/dev/null; then setsid sh -c {inner} lockstep-owed \"$d\" < /dev/null > /dev/null 2>&1 & \
+         c=$!; echo \"$c\" > \"$d/pid\";{then_wait} fi",
+        d = quote(dir),
+        p = quote(parent),
+        inner = quote(&inner),
+        then_wait = if wait { " wait \"$c\";" } else { "" },
+    );
+    if wait {
+        cmd.push_str(&format!(
+            "; while [ ! -e \"$d/status\" ]; do \
+               if [ -s \"$d/pid\" ] && ! kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && [ ! -e \"$d/status\" ]; then \
+                 cat \"$d/stderr\" >&2 2>/dev/null; echo 'lockstep: the script stopped without an exit status (its process is gone)' >&2; exit {OWED_VANISHED}; fi; \
+               sleep 0.2 2>/dev/null || sleep 1; done; \
+             cat \"$d/stdout\"; cat \"$d/stderr\" >&2; exit \"$(cat \"$d/status\")\"",
+        ));
+    }
+    cmd
 }
 
 fn check(status: &ExecStatus) -> anyhow::Result<()> {
@@ -103,27 +180,57 @@ impl Instance for ShellInstance {
     }
 
     async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
-        let mut cmd = String::from("env");
-        for (k, v) in env {
-            if !is_env_name(k) {
-                bail!("invalid environment variable name {k:?}");
+        let cmd = self.script_command(job, kind, env)?;
+        self.run_script_command(job, kind, &cmd).await
+    }
+
+    async fn run_owed(&self, run: &str, job: &str, kind: ScriptKind, env: &[(String, String)], wait: bool) -> anyhow::Result<Vec<u8>> {
+        check_run_id(run)?;
+        let dir = self.path(&format!("{OWED_ROOT}/{run}/{job}.{kind}"));
+        let cmd = owed_command(&dir, &self.script_command(job, kind, env)?, wait);
+        self.run_script_command(job, kind, &cmd).await
+    }
+
+    async fn stop_run(&self, env: &str, run: &str) -> anyhow::Result<usize> {
+        check_run_id(run)?;
+        if !is_env_name(env) {
+            bail!("invalid environment variable name {env:?}");
+        }
+        // /proc/<pid>/environ is NUL-separated; `grep -z` matches one entry whole. The shell
+        // running this loop is not among them: the variable is only ever given to scripts.
+        let cmd = format!(
+            "want={want}; found=''; for e in /proc/[0-9]*/environ; do \
+               if grep -qzx -e \"$want\" \"$e\" 2>/dev/null; then p=${{e#/proc/}}; found=\"$found ${{p%/environ}}\"; fi; done; \
+             n=0; for p in $found; do kill -TERM \"$p\" 2>/dev/null && n=$((n+1)); done; \
+             if [ \"$n\" -gt 0 ]; then sleep 2; for p in $found; do kill -KILL \"$p\" 2>/dev/null; done; fi; echo \"$n\"",
+            want = quote(&format!("{env}={run}")),
+        );
+        let out = self.run("stopping what a stopped run left running", &cmd).await?;
+        let text = String::from_utf8_lossy(&out);
+        text.trim().parse().map_err(|_| anyhow!("unexpected answer {text:?} stopping run {run}'s scripts on {}", self.id))
+    }
+
+    async fn forget_owed(&self, run: &str) -> anyhow::Result<()> {
+        check_run_id(run)?;
+        let cmd = format!("rm -rf {}", quote(&self.path(&format!("{OWED_ROOT}/{run}"))));
+        self.run("removing kept unlock results", &cmd).await.map(drop)
+    }
+
+    async fn owed_left(&self) -> anyhow::Result<Vec<(String, String, ScriptKind)>> {
+        let root = quote(&self.path(OWED_ROOT));
+        let cmd = format!("for d in {root}/*/*; do if [ -d \"$d\" ]; then printf '%s\\0' \"$d\"; fi; done");
+        let out = self.run("listing unlocks left by stopped runs", &cmd).await?;
+        let prefix = format!("{}/", self.path(OWED_ROOT));
+        let mut left = Vec::new();
+        for raw in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            let path = String::from_utf8_lossy(raw);
+            let Some((run, script)) = path.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else { continue };
+            let Some((job, kind)) = script.rsplit_once('.') else { continue };
+            if let Some(kind) = ScriptKind::from_file_name(kind) {
+                left.push((run.to_string(), job.to_string(), kind));
             }
-            cmd.push(' ');
-            cmd.push_str(&quote(&format!("{k}={v}")));
         }
-        cmd.push(' ');
-        cmd.push_str(&quote(&self.path(&format!("{JOBS_DIR}/{job}/bin/bbr/{kind}"))));
-        let what = || format!("running {kind} for job {job} on {}", self.id);
-        let (status, out) = match exec_capture(self.transport.as_ref(), &cmd).await {
-            Ok(done) => done,
-            Err(e) if e.is::<TimedOut>() => return Err(e.context(what())),
-            Err(e) => return Err(e.context(Unanswered(what()))),
-        };
-        if status.lost {
-            return Err(Unanswered(status.describe_failure()).into());
-        }
-        check(&status)?;
-        Ok(out)
+        Ok(left)
     }
 
     fn artifact_dir(&self, artifact: &str) -> String {

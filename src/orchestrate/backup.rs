@@ -8,7 +8,7 @@
 use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::run_lock::{self, held_error, RunRecord};
-use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::lease::{self, Lease};
 use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
@@ -200,6 +200,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         remove_staging(ctx, &mut out.timings, claimed, FailureKind::Cleanup, &mut out.failures).await;
         return out;
     }
+    let run_id = run.run.as_str();
     let rest = async move {
         ctx.info(format!("Starting backup of {} into {}/{name}", dep.name, store.describe()));
         let mut metadata = BackupMetadata::default();
@@ -214,7 +215,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         } else {
             let start = Instant::now();
             let (attempted, errors) =
-                out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
+                out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, run_id, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
             record(&mut out.failures, FailureKind::Lock, errors);
             locked_levels = attempted;
             lock_window_start = (attempted > 0).then_some(start);
@@ -230,7 +231,8 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
                 .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
                     let (inst, job) = dep.job(at);
                     let slot = dep.backup_slot(at);
-                    let env = artifact_env(&inst.artifact_dir(slot.name()));
+                    let mut env = artifact_env(&inst.artifact_dir(slot.name()));
+                    env.push(run_env(run_id));
                     cancellable(ctx, async {
                         inst.create_artifact_dir(slot.name()).await?;
                         script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
@@ -253,7 +255,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
             let errors = out
                 .timings
-                .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
+                .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, run_id, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
                 .await;
             record(&mut out.failures, FailureKind::Unlock, errors);
             out.timings.lock_window = lock_window_start.map(|s| s.elapsed());

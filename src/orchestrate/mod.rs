@@ -98,10 +98,21 @@ pub async fn script(
     kind: ScriptKind,
     env: &[(String, String)],
 ) -> anyhow::Result<Vec<u8>> {
+    timed_script(ctx, instance, job, kind, instance.run_script(job, kind, env)).await
+}
+
+/// Reports the start and end of `run`, one script's run on `instance`.
+pub(crate) async fn timed_script(
+    ctx: &Ctx,
+    instance: &InstanceRef,
+    job: &str,
+    kind: ScriptKind,
+    run: impl Future<Output = anyhow::Result<Vec<u8>>>,
+) -> anyhow::Result<Vec<u8>> {
     let id = instance.id().clone();
     ctx.events.emit(Event::ScriptStarted { instance: id.clone(), job: job.to_string(), kind });
     let start = Instant::now();
-    let result = instance.run_script(job, kind, env).await;
+    let result = run.await;
     ctx.events.emit(Event::ScriptFinished {
         instance: id,
         job: job.to_string(),
@@ -152,6 +163,15 @@ pub async fn remove_staging(
     for e in results.into_iter().filter_map(Result::err) {
         failures.push(kind, e);
     }
+}
+
+/// The environment variable every lock, backup and restore script of a run carries (with
+/// the run's id): a cleanup after a killed run finds what is left of them by it and stops
+/// them ([`crate::instance::Instance::stop_run`]). Unlocks do not carry it: they are owed.
+pub const RUN_ENV: &str = "LOCKSTEP_RUN";
+
+pub fn run_env(run: &str) -> (String, String) {
+    (RUN_ENV.to_string(), run.to_string())
 }
 
 /// Environment for scripts that read or write an artifact directory.

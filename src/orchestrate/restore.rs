@@ -9,7 +9,7 @@
 
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::discover::{discover, Deployment};
-use super::{artifact_env, bounded, cancellable, remove_staging, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
 use crate::artifact::tar_hash::HashingReader;
 use crate::store::codec::{self, Identities};
@@ -79,7 +79,8 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
     let dep = &dep;
     let levels = dep.lock_levels(Direction::Restore).expect("checked above");
     // One run at a time: claim every instance before anything is sent or locked.
-    let claimed = match super::run_lock::claim(ctx, dep, &super::run_lock::RunRecord::new(Direction::Restore), Direction::Restore).await {
+    let run = super::run_lock::RunRecord::new(Direction::Restore);
+    let claimed = match super::run_lock::claim(ctx, dep, &run, Direction::Restore).await {
         Ok(c) => c,
         Err(refused) => {
             out.failures.extend(refused);
@@ -107,17 +108,17 @@ pub async fn restore_with(ctx: &Ctx, target: &dyn Target, store: &dyn Store, nam
     // 3. Lock, restore, unlock. bbr runs these one at a time; so do we.
     if upload_ok && !ctx.cancelled() {
         let (locked_levels, errors) =
-            out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, dep, &levels, ScriptKind::PreRestoreLock, Within::Serial)).await;
+            out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, &run.run, dep, &levels, ScriptKind::PreRestoreLock, Within::Serial)).await;
         // bbr wraps a pre-restore-lock failure as a plain error (bit 1), not a lock error.
         let errors = errors.into_iter().map(|e| if e.is::<Cancelled>() { e } else { anyhow!("pre-restore-lock failed: {e:#}") }).collect();
         record(&mut out.failures, FailureKind::General, errors);
         if out.failures.is_empty() && !ctx.cancelled() {
-            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, dep, &art)).await;
+            let errors = out.timings.phase(ctx, Phase::Restore, restore_scripts(ctx, &run.run, dep, &art)).await;
             record(&mut out.failures, FailureKind::General, errors);
         }
         let errors = out
             .timings
-            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, dep, &levels[..locked_levels], ScriptKind::PostRestoreUnlock, &[], Within::Serial))
+            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, &run.run, dep, &levels[..locked_levels], ScriptKind::PostRestoreUnlock, &[], Within::Serial))
             .await;
         record(&mut out.failures, FailureKind::Unlock, errors);
     }
@@ -367,11 +368,12 @@ async fn upload_one(
 
 /// Restore scripts: instances one by one, each instance's jobs one by one; stop at the
 /// first instance that fails (bbr's behaviour), or when a stop is requested.
-async fn restore_scripts(ctx: &Ctx, dep: &Deployment, art: &StoredArtifact) -> Vec<anyhow::Error> {
+async fn restore_scripts(ctx: &Ctx, run: &str, dep: &Deployment, art: &StoredArtifact) -> Vec<anyhow::Error> {
     for d in &dep.instances {
         let mut errors = Vec::new();
         for job in d.jobs.iter().filter(|j| j.restorable()) {
-            let env = artifact_env(&d.instance.artifact_dir(&restore_source(job, art)));
+            let mut env = artifact_env(&d.instance.artifact_dir(&restore_source(job, art)));
+            env.push(run_env(run));
             if let Err(e) = cancellable(ctx, script(ctx, &d.instance, &job.name, ScriptKind::Restore, &env)).await {
                 if e.is::<Cancelled>() {
                     errors.push(e);

@@ -140,7 +140,7 @@ pub async fn holders(ctx: &Ctx, dep: &Deployment) -> Vec<(String, anyhow::Result
     bounded(ctx.max_in_flight, &dep.instances, |d| async move { (d.id().to_string(), d.instance.staging_holder().await) }).await
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     crate::unique::random_hex(8)
 }
 

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 pub enum Op {
     FindScripts,
     Script { job: String, kind: ScriptKind, env: Vec<(String, String)> },
+    /// An owed script started without waiting for it (a stop request's start of every unlock).
+    OwedStart { job: String, kind: ScriptKind },
+    OwedLeft,
     RootExists,
     /// A run claiming the staging directory (the record's text).
     Claim(String),
@@ -183,6 +186,32 @@ impl Instance for FaultyInstance {
             }
             _ => self.inner.run_script(job, kind, env).await,
         }
+    }
+    /// Recorded (and faulted) as the script it runs when waited for; a start alone as
+    /// [`Op::OwedStart`].
+    async fn run_owed(&self, run: &str, job: &str, kind: ScriptKind, env: &[(String, String)], wait: bool) -> anyhow::Result<Vec<u8>> {
+        if !wait {
+            self.enter(Op::OwedStart { job: job.into(), kind });
+            return self.inner.run_owed(run, job, kind, env, false).await;
+        }
+        match self.enter(Op::Script { job: job.into(), kind, env: env.to_vec() }) {
+            Some(Action::Fail(m)) => fail(&m),
+            Some(Action::FailAfter(m)) => {
+                self.inner.run_owed(run, job, kind, env, true).await?;
+                fail(&m)
+            }
+            _ => self.inner.run_owed(run, job, kind, env, true).await,
+        }
+    }
+    async fn stop_run(&self, env: &str, run: &str) -> anyhow::Result<usize> {
+        self.inner.stop_run(env, run).await
+    }
+    async fn forget_owed(&self, run: &str) -> anyhow::Result<()> {
+        self.inner.forget_owed(run).await
+    }
+    async fn owed_left(&self) -> anyhow::Result<Vec<(String, String, ScriptKind)>> {
+        self.enter(Op::OwedLeft);
+        self.inner.owed_left().await
     }
     fn artifact_dir(&self, artifact: &str) -> String {
         self.inner.artifact_dir(artifact)

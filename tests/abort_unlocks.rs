@@ -1,0 +1,169 @@
+//! An abort while the platform is locked, as Concourse sends it (SIGTERM, then SIGKILL),
+//! through the real `lockstep` binary over a real sshd: every owed unlock must finish on
+//! its instance although lockstep is killed a moment after the SIGTERM, and a later
+//! `backup-cleanup` must find what those unlocks did, report it (a failure as bit 8), and
+//! leave nothing behind. The instances' own calls logs say what ran and when it ended.
+//!
+//! SIGKILL comes 1 s after SIGTERM here, harsher than Concourse's 10 s: two unlock levels of
+//! 4 s each, run level by level, would need 8 s.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::fleet::{Fleet, Vm};
+use tempfile::TempDir;
+
+const CALLS: &str = "/var/vcap/data/calls.log";
+
+/// The tests look at every process on the machine carrying `LOCKSTEP_RUN`: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A job whose scripts log `<job> <script> start|end` to the calls log. The lock of `api`
+/// must come before `db`'s (two levels); unlocks take 4 s; the backup hangs for a minute.
+/// With `fail_once`, the unlock fails (exit 3) the first time it runs.
+fn install(vm: &Vm, job: &str, fail_once: bool) {
+    let log = |what: &str| format!("echo \"{job} $(basename \"$0\") {what}\" >> {CALLS}\n");
+    let head = format!("#!/bin/sh\nmkdir -p /var/vcap/data\n{}", log("start"));
+    let meta = if job == "api" { "backup_should_be_locked_before:\n- job_name: db\n  release: pg\n" } else { "" };
+    vm.install_script(job, "metadata", &format!("#!/bin/sh\ncat <<'YAML'\n---\n{meta}YAML\n"));
+    vm.install_script(job, "pre-backup-lock", &format!("{head}{}", log("end")));
+    vm.install_script(job, "backup", &format!("{head}sleep 60\n{}", log("end")));
+    let fail_once = if fail_once {
+        "if [ ! -e /var/vcap/data/failed-once ]; then touch /var/vcap/data/failed-once; echo 'db unlock failed' >&2; exit 3; fi\n"
+    } else {
+        ""
+    };
+    vm.install_script(job, "post-backup-unlock", &format!("{head}sleep 4\n{}{fail_once}", log("end")));
+}
+
+fn calls(vm: &Vm) -> Vec<String> {
+    fs::read_to_string(vm.host_path(CALLS)).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn count(vm: &Vm, line: &str) -> usize {
+    calls(vm).iter().filter(|l| *l == line).count()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn lockstep(dir: &Path, inventory: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("lockstep"));
+    c.current_dir(dir).arg("hosts").arg("--inventory").arg(inventory).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `lockstep hosts backup` of `api` and `db` and returns once both backup scripts run.
+fn backing_up(fleet: &Fleet, db_fails_once: bool) -> (TempDir, std::path::PathBuf, std::process::Child) {
+    let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
+    install(api, "api", false);
+    install(db, "db", db_fails_once);
+    let tmp = TempDir::new().unwrap();
+    let inventory = tmp.path().join("inventory.yml");
+    fs::write(&inventory, fleet.inventory("cf", &[("api", 0, 0), ("db", 0, 1)], "vcap")).unwrap();
+    let store = tmp.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let child = lockstep(tmp.path(), &inventory, &["backup", "-a", store.to_str().unwrap()]).spawn().unwrap();
+    wait_for("both backup scripts running", Duration::from_secs(60), || {
+        count(api, "api backup start") == 1 && count(db, "db backup start") == 1
+    });
+    (tmp, inventory, child)
+}
+
+/// Processes on this machine (the fleet's VMs share it) whose environment has `LOCKSTEP_RUN`.
+fn run_processes() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let env = fs::read(e.path().join("environ")).unwrap_or_default();
+        if env.split(|&b| b == 0).any(|v| v.starts_with(b"LOCKSTEP_RUN=")) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A lost worker: lockstep killed outright (no SIGTERM) while the backup scripts run. They
+/// keep running on the instances; `backup-cleanup` must stop them before it unlocks.
+#[test]
+fn cleanup_after_a_sigkill_stops_the_scripts_the_run_left_running_before_it_unlocks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = Fleet::start("cleanup_after_a_sigkill_stops_the_scripts", 2) else { return };
+    let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
+    let (tmp, inventory, mut child) = backing_up(&fleet, false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!run_processes().is_empty(), "the killed run's backup scripts should still run (nothing stopped them)");
+    assert_eq!(count(api, "api post-backup-unlock start") + count(db, "db post-backup-unlock start"), 0);
+
+    let o = lockstep(tmp.path(), &inventory, &["backup-cleanup"]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("process(es) that run") && out.contains("scripts left running on api/0"), "{out}");
+    assert!(out.contains("scripts left running on db/0"), "{out}");
+    assert!(run_processes().is_empty(), "still running: {:?}", run_processes());
+    // Stopped, never finished; then unlocked once each, by the cleanup.
+    for (vm, job) in [(api, "api"), (db, "db")] {
+        assert_eq!(count(vm, &format!("{job} backup end")), 0, "{:?}", calls(vm));
+        assert_eq!(count(vm, &format!("{job} post-backup-unlock end")), 1, "{:?}", calls(vm));
+        assert!(!vm.host_path("/var/vcap/store/bbr-backup").exists());
+    }
+}
+
+#[test]
+fn sigterm_while_locked_unlocks_every_level_though_sigkill_follows_and_cleanup_reports_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = Fleet::start("sigterm_while_locked_unlocks_every_level", 2) else { return };
+    let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
+    let (tmp, inventory, child) = backing_up(&fleet, true);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(1));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    let log = text(&o);
+
+    // Both levels' unlocks ran to their end on the instances, lockstep being long dead.
+    wait_for("every unlock finished", Duration::from_secs(20), || {
+        count(api, "api post-backup-unlock end") == 1 && count(db, "db post-backup-unlock end") == 1
+    });
+    assert_eq!(count(api, "api post-backup-unlock start"), 1, "{:?}\n{log}", calls(api));
+    assert_eq!(count(db, "db post-backup-unlock start"), 1, "{:?}\n{log}", calls(db));
+    assert!(log.contains("stop requested: starting all 2 owed post-backup-unlock script(s) now"), "{log}");
+    // db's failed; only the instance knows. A cleanup must find it and say so.
+    assert!(db.host_path("/var/vcap/data/failed-once").exists());
+
+    let o = lockstep(tmp.path(), &inventory, &["backup-cleanup"]).output().unwrap();
+    let out = text(&o);
+    let code = o.status.code().unwrap();
+    assert_eq!(code & 8, 8, "the stopped run's failed unlock is an unlock failure (bit 8): exit {code}\n{out}");
+    assert!(out.contains("post-backup-unlock for job db on db/0, started by stopped run"), "{out}");
+    assert!(out.contains("db unlock failed - exit code 3"), "{out}");
+    assert!(out.contains("post-backup-unlock for job api on api/0, started by stopped run") && out.contains("finished (exit code 0)"), "{out}");
+    // The cleanup then ran every unlock itself, as bbr's does (db's succeeds this time),
+    // and left nothing: no staging directory, no kept unlock results.
+    assert_eq!(count(api, "api post-backup-unlock end"), 2, "{:?}", calls(api));
+    assert_eq!(count(db, "db post-backup-unlock end"), 2, "{:?}", calls(db));
+    for vm in [api, db] {
+        assert!(!vm.host_path("/var/vcap/store/bbr-backup").exists(), "staging left\n{out}");
+        let owed = vm.host_path("/var/vcap/data/lockstep/owed");
+        let left: Vec<_> = fs::read_dir(&owed).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "unlock results left on the instance: {left:?}\n{out}");
+    }
+    // A second cleanup finds nothing left by a stopped run.
+    let o = lockstep(tmp.path(), &inventory, &["backup-cleanup"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("started by a stopped run"), "{}", text(&o));
+}
