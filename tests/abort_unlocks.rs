@@ -12,40 +12,13 @@ mod support;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-use support::fleet::{Fleet, Vm};
+use std::time::Duration;
+use support::fleet::Fleet;
+use support::owed_jobs::{calls, count, install, wait_for};
 use tempfile::TempDir;
-
-const CALLS: &str = "/var/vcap/data/calls.log";
 
 /// The tests look at every process on the machine carrying `LOCKSTEP_RUN`: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A job whose scripts log `<job> <script> start|end` to the calls log. The lock of `api`
-/// must come before `db`'s (two levels); unlocks take 4 s; the backup hangs for a minute.
-/// With `fail_once`, the unlock fails (exit 3) the first time it runs.
-fn install(vm: &Vm, job: &str, fail_once: bool) {
-    let log = |what: &str| format!("echo \"{job} $(basename \"$0\") {what}\" >> {CALLS}\n");
-    let head = format!("#!/bin/sh\nmkdir -p /var/vcap/data\n{}", log("start"));
-    let meta = if job == "api" { "backup_should_be_locked_before:\n- job_name: db\n  release: pg\n" } else { "" };
-    vm.install_script(job, "metadata", &format!("#!/bin/sh\ncat <<'YAML'\n---\n{meta}YAML\n"));
-    vm.install_script(job, "pre-backup-lock", &format!("{head}{}", log("end")));
-    vm.install_script(job, "backup", &format!("{head}sleep 60\n{}", log("end")));
-    let fail_once = if fail_once {
-        "if [ ! -e /var/vcap/data/failed-once ]; then touch /var/vcap/data/failed-once; echo 'db unlock failed' >&2; exit 3; fi\n"
-    } else {
-        ""
-    };
-    vm.install_script(job, "post-backup-unlock", &format!("{head}sleep 4\n{}{fail_once}", log("end")));
-}
-
-fn calls(vm: &Vm) -> Vec<String> {
-    fs::read_to_string(vm.host_path(CALLS)).unwrap_or_default().lines().map(str::to_string).collect()
-}
-
-fn count(vm: &Vm, line: &str) -> usize {
-    calls(vm).iter().filter(|l| *l == line).count()
-}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -57,19 +30,11 @@ fn lockstep(dir: &Path, inventory: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !done() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Starts `lockstep hosts backup` of `api` and `db` and returns once both backup scripts run.
 fn backing_up(fleet: &Fleet, db_fails_once: bool) -> (TempDir, std::path::PathBuf, std::process::Child) {
     let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
-    install(api, "api", false);
-    install(db, "db", db_fails_once);
+    install(api, "api", false, 4);
+    install(db, "db", db_fails_once, 4);
     let tmp = TempDir::new().unwrap();
     let inventory = tmp.path().join("inventory.yml");
     fs::write(&inventory, fleet.inventory("cf", &[("api", 0, 0), ("db", 0, 1)], "vcap")).unwrap();

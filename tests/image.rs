@@ -13,7 +13,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use support::fleet::{Fleet, KeyKind};
+use support::owed_jobs;
 use tempfile::TempDir;
 
 const TAG: &str = "localhost/lockstep:test";
@@ -93,4 +95,68 @@ fn the_image_carries_a_working_resource_and_cli() {
     // The task image side: the CLI and a shell.
     let (ok, out, _) = podman(&vol, &[tag, "sh", "-c", "lockstep --version && ls /opt/resource"], "");
     assert!(ok && out.contains("lockstep") && out.contains("check") && out.contains("out"), "{out}");
+}
+
+/// A Concourse abort of the backup task in the real image, as `podman stop -t 10` gives it:
+/// SIGTERM to the task script (the container's first process), SIGKILL 10 s later. Two
+/// unlock levels of 6 s each are owed: one after the other they would need 12 s, so the
+/// task only ends within the grace period if every unlock starts at once. The instances'
+/// calls logs, not the task's report, say what ran; the cleanup task then finds nothing left.
+#[test]
+fn an_aborted_backup_task_unlocks_every_level_within_the_grace_period() {
+    let Some(tag) = image() else { return };
+    let Some(fleet) = Fleet::start("image_abort", 2) else { return };
+    let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
+    owed_jobs::install(api, "api", false, 6);
+    owed_jobs::install(db, "db", false, 6);
+    let key = std::fs::read_to_string(fleet.key(KeyKind::Ed25519).private).unwrap();
+    let instance = |group: &str, vm: &support::fleet::Vm| {
+        json!({"group": group, "index": 0, "address": vm.address(), "username": "vcap", "private_key": key, "host_public_key": vm.host_key_line})
+    };
+    let config = json!({
+        "target": {"hosts": {"name": "cf", "instances": [instance("api", api), instance("db", db)]}},
+        "store": {"path": "/tmp/build/store"},
+    })
+    .to_string();
+    let tmp = TempDir::new().unwrap();
+    let vol = tmp.path().join("build");
+    std::fs::create_dir_all(vol.join("store")).unwrap();
+    let name = format!("lockstep-abort-{}", std::process::id());
+    let task = |script: &str| {
+        let mut c = Command::new("podman");
+        c.args(["--runtime", "runc", "run", "--rm", "--name", &name, "--network", "host"])
+            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "-e", "LOCKSTEP_CONFIG"])
+            .arg("-v")
+            .arg(format!("{}:/tmp/build", vol.display()))
+            .args([tag, "sh", &format!("/opt/lockstep/tasks/{script}")])
+            .env("LOCKSTEP_CONFIG", &config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+
+    let child = task("backup.sh").spawn().unwrap();
+    owed_jobs::wait_for("both backup scripts running", Duration::from_secs(120), || {
+        owed_jobs::count(api, "api backup start") == 1 && owed_jobs::count(db, "db backup start") == 1
+    });
+    let signalled = Instant::now();
+    let stop = Command::new("podman").args(["--runtime", "runc", "stop", "-t", "10", &name]).output().unwrap();
+    let took = signalled.elapsed();
+    let o = child.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(stop.status.success(), "podman stop: {}", String::from_utf8_lossy(&stop.stderr));
+    assert!(took < Duration::from_secs(10), "the task was still running after {took:?}: SIGKILL came first\n{log}");
+    assert!(log.contains("stop requested: starting all 2 owed post-backup-unlock script(s) now"), "{log}");
+    assert!(!log.contains(&key), "the private key was printed");
+    for (vm, job) in [(api, "api"), (db, "db")] {
+        assert_eq!(owed_jobs::count(vm, &format!("{job} post-backup-unlock end")), 1, "{:?}\n{log}", owed_jobs::calls(vm));
+        assert_eq!(owed_jobs::count(vm, &format!("{job} backup end")), 0, "the backup script was not stopped");
+        assert!(!vm.host_path("/var/vcap/store/bbr-backup").exists(), "staging left\n{log}");
+    }
+
+    // The pipeline's on_abort hook: nothing left by the stopped run, the platform unlocked again.
+    let o = task("backup-cleanup.sh").output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{log}");
+    assert!(!log.contains("started by a stopped run"), "{log}");
 }

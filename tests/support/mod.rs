@@ -4,3 +4,4 @@
 pub mod fleet;
 pub mod director;
 pub mod stall_proxy;
+pub mod owed_jobs;
