@@ -66,20 +66,27 @@ pub fn tune_allocator() {
     }
 }
 
+/// The message a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".to_string())
+}
+
 /// Called first by every binary, after [`tune_allocator`]. A panic (a bug here, or in a
 /// dependency fed input it did not expect) is reported as one `error:` line that says
 /// what happened and where, instead of a Rust backtrace in an operator's build log;
 /// `RUST_BACKTRACE=1` still adds the backtrace for a bug report.
+///
+/// Inside a run a panic does not end it: the orchestration catches it around each
+/// operation ([`orchestrate::caught`]) and goes on to unlock and clean up.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown cause".to_string());
+        let what = panic_message(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: lockstep stopped on an internal error ({what}{at}); this is a bug: please report it with this line");
+        eprintln!("error: lockstep hit an internal error ({what}{at}); this is a bug: please report it with this line");
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
             eprintln!("{}", std::backtrace::Backtrace::force_capture());
         }

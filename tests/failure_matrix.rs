@@ -161,6 +161,40 @@ fn assert_no_staging(w: &World) {
 
 // ---------------------------------------------------------------- backup
 
+/// A panic (a bug, here or in a dependency fed input it did not expect) while the platform
+/// is locked is one operation's error: the run still unlocks every level it locked and
+/// cleans up; a panic in one unlock does not stop the others.
+#[tokio::test]
+async fn a_panic_while_locked_still_unlocks_everything_and_cleans_up() {
+    let w = World::new();
+    w.fault(Some(BLOB), script(PreBackupLock, Some("blobstore")), Action::Panic("boom in a lock".into()));
+    w.fault(Some(DB), script(PostBackupUnlock, Some("postgres")), Action::Panic("boom in an unlock".into()));
+    let out = w.backup().await;
+    let report = out.failures.render();
+    assert!(out.failures.has(FailureKind::Lock) && out.failures.has(FailureKind::Unlock), "{report}");
+    assert!(report.contains("internal error: boom in a lock") && report.contains("internal error: boom in an unlock"), "{report}");
+    assert!(out.artifact.is_none() && w.committed().await.is_empty());
+    // Every other unlock ran, the stores' before cloud_controller's; nothing is left staged.
+    assert!(ran(&w, PostBackupUnlock).contains(&"blobstore".to_string()));
+    assert!(position(&w, "cloud_controller", PostBackupUnlock) > position(&w, "blobstore", PostBackupUnlock));
+    assert!(!w.locked(API, "cloud_controller") && !w.locked(BLOB, "blobstore"));
+    assert_no_staging(&w);
+}
+
+/// A panic in the drain (after unlock): the backup fails, nothing is committed, and the
+/// run still reaches its end (the store's partial artifact is discarded).
+#[tokio::test]
+async fn a_panic_in_the_drain_fails_the_backup_and_commits_nothing() {
+    let w = World::new();
+    w.fault(Some(DB), Match::Stream, Action::Panic("boom in a drain".into()));
+    let out = w.backup().await;
+    let report = out.failures.render();
+    assert!(report.contains("internal error: boom in a drain"), "{report}");
+    assert!(out.artifact.is_none() && w.committed().await.is_empty(), "{report}");
+    assert!(w.store_files().is_empty(), "{:?}", w.store_files());
+    assert_all_unlocked(&w);
+}
+
 #[tokio::test]
 async fn backup_succeeds_in_lock_order_and_restores_byte_for_byte() {
     let w = World::new();

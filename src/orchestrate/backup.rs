@@ -329,7 +329,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
                 ..CommitMarker::new(&dep.name, &name)
             };
             marker.set_codec(&opts.codec);
-            let commit = out.timings.phase(ctx, Phase::Commit, writer.commit(&metadata, marker.clone())).await;
+            let commit = out.timings.phase(ctx, Phase::Commit, super::caught(writer.commit(&metadata, marker.clone()))).await;
             match commit {
                 Ok(()) if out.failures.has(FailureKind::General) => {}
                 Ok(()) => {

@@ -11,7 +11,7 @@
 //! that case; an unlocked platform matters more.
 
 use super::discover::{Deployment, JobAt};
-use super::{bounded, cancellable, run_env, script, timed_script, Cancelled, Ctx, FailureKind, Failures};
+use super::{bounded, cancellable, caught, run_env, script, timed_script, Cancelled, Ctx, FailureKind, Failures};
 use crate::instance::{InstanceRef, Unanswered};
 use crate::model::ScriptKind;
 use anyhow::anyhow;
@@ -34,7 +34,7 @@ async fn owed(ctx: &Ctx, run: &str, inst: &InstanceRef, job: &str, kind: ScriptK
     for attempt in 1.. {
         // A second attempt finds the script started by the first (if it got that far) and
         // waits for its end instead of running it again.
-        let e = match timed_script(ctx, inst, job, kind, inst.run_owed(run, job, kind, env, true)).await {
+        let e = match timed_script(ctx, inst, job, kind, caught(inst.run_owed(run, job, kind, env, true))).await {
             Err(e) if e.is::<Unanswered>() => e,
             done => return done,
         };

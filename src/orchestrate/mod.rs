@@ -68,7 +68,8 @@ impl Ctx {
 pub struct Cancelled;
 
 /// Runs `fut` unless or until a stop is requested. Dropping the future stops the command
-/// it runs (transports kill or close what they started).
+/// it runs (transports kill or close what they started). A panic inside it is an error
+/// ([`caught`]).
 pub async fn cancellable<T>(ctx: &Ctx, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     if ctx.cancelled() {
         return Err(Cancelled.into());
@@ -76,7 +77,18 @@ pub async fn cancellable<T>(ctx: &Ctx, fut: impl Future<Output = anyhow::Result<
     tokio::select! {
         biased;
         _ = ctx.cancel.cancelled() => Err(Cancelled.into()),
-        r = fut => r,
+        r = caught(fut) => r,
+    }
+}
+
+/// Runs `fut`, turning a panic inside it (a bug here, or in a dependency given input it did
+/// not expect) into an error: a run must go on to unlock and clean up whatever one
+/// operation did. The panic hook has already printed where it happened.
+pub async fn caught<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(payload) => Err(anyhow::anyhow!("internal error: {} (a bug in lockstep: please report it)", crate::panic_message(payload.as_ref()))),
     }
 }
 
@@ -157,7 +169,7 @@ pub async fn remove_staging(
 ) {
     let results = timings
         .phase(ctx, Phase::Cleanup, bounded(ctx.max_in_flight, instances, |inst| async move {
-            inst.remove_artifact_root().await.with_context(|| format!("cleanup on {}", inst.id()))
+            caught(inst.remove_artifact_root()).await.with_context(|| format!("cleanup on {}", inst.id()))
         }))
         .await;
     for e in results.into_iter().filter_map(Result::err) {

@@ -62,6 +62,8 @@ pub enum Action {
     CorruptChecksum,
     /// Report that `/var/vcap/store/bbr-backup` exists.
     ReportExists,
+    /// Panic (a bug, here or in a dependency) instead of running the operation.
+    Panic(String),
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +182,7 @@ impl Instance for FaultyInstance {
     async fn run_script(&self, job: &str, kind: ScriptKind, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
         match self.enter(Op::Script { job: job.into(), kind, env: env.to_vec() }) {
             Some(Action::Fail(m)) => fail(&m),
+            Some(Action::Panic(m)) => panic!("{m}"),
             Some(Action::FailAfter(m)) => {
                 self.inner.run_script(job, kind, env).await?;
                 fail(&m)
@@ -196,6 +199,7 @@ impl Instance for FaultyInstance {
         }
         match self.enter(Op::Script { job: job.into(), kind, env: env.to_vec() }) {
             Some(Action::Fail(m)) => fail(&m),
+            Some(Action::Panic(m)) => panic!("{m}"),
             Some(Action::FailAfter(m)) => {
                 self.inner.run_owed(run, job, kind, env, true).await?;
                 fail(&m)
@@ -241,6 +245,7 @@ impl Instance for FaultyInstance {
     async fn stream_artifact(&self, artifact: &str, out: Writer<'_>) -> anyhow::Result<()> {
         match self.enter(Op::Stream(artifact.into())) {
             Some(Action::Fail(m)) => fail(&m),
+            Some(Action::Panic(m)) => panic!("{m}"),
             Some(Action::Truncate(n)) => {
                 let mut all = Vec::new();
                 self.inner.stream_artifact(artifact, &mut all).await?;
