@@ -285,3 +285,38 @@ fn artifact_path_stays_plain_bbr_and_file_store_defaults_to_zstd() {
     assert!(dir.join("blobstore-0-blobstore.tar.zst").is_file());
     Command::cargo_bin("lockstep").unwrap().args(["verify", "-a"]).arg(&dir).assert().success();
 }
+
+/// A secret on the command line shows in `ps`: it still works, with a warning that says
+/// what to do instead; from a file it works without one. A wrong file content is refused
+/// without being shown.
+#[test]
+fn the_secret_key_from_a_file_and_a_warning_for_one_on_the_command_line() {
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("bkt");
+    let tmp = TempDir::new().unwrap();
+    let url = server.url("bkt", "p");
+    let bare = || {
+        let mut c = Command::cargo_bin("lockstep").unwrap();
+        c.env_remove("AWS_SECRET_ACCESS_KEY").env_remove("AWS_ACCESS_KEY_ID");
+        c.args(["list", "--store", &url, "--s3-access-key-id", s3_support::ACCESS_KEY]);
+        c
+    };
+    let o = bare().args(["--s3-secret-access-key", &server.secret]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: --s3-secret-access-key on the command line shows in process listings"), "{err}");
+    assert!(err.contains("--s3-secret-access-key-file") && !err.contains(&server.secret), "{err}");
+
+    let file = tmp.path().join("secret");
+    fs::write(&file, format!("{}\n", server.secret)).unwrap();
+    let o = bare().arg("--s3-secret-access-key-file").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    fs::write(&file, format!("{} and more words\n", server.secret)).unwrap();
+    let o = bare().arg("--s3-secret-access-key-file").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("expected the secret access key alone on one line") && !err.contains(&server.secret), "{err}");
+}

@@ -276,14 +276,51 @@ pub struct S3Flags {
     /// S3 access key id for s3:// stores.
     #[arg(long, value_name = "ID", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
     pub s3_access_key_id: Option<Secret>,
-    /// S3 secret access key for s3:// stores.
+    /// S3 secret access key for s3:// stores. On the command line it shows in process
+    /// listings: prefer AWS_SECRET_ACCESS_KEY or --s3-secret-access-key-file.
     #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<Secret>,
+    /// Read the S3 secret access key from this file (one line; wins over the flag and
+    /// AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
     /// S3 session token (temporary credentials).
     #[arg(long, value_name = "TOKEN", env = "AWS_SESSION_TOKEN", hide_env_values = true)]
     pub s3_session_token: Option<Secret>,
 }
 
+
+impl S3Flags {
+    /// The secret access key: from `--s3-secret-access-key-file`, else the flag or
+    /// `AWS_SECRET_ACCESS_KEY`. The file's content is never shown, only its path.
+    pub fn secret_access_key(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.s3_secret_access_key_file else {
+            return Ok(self.s3_secret_access_key.clone().map(|s| s.0));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--s3-secret-access-key-file {}: {e}", path.display()))?;
+        let secret = text.trim();
+        if secret.is_empty() || secret.contains(char::is_whitespace) {
+            anyhow::bail!("--s3-secret-access-key-file {}: expected the secret access key alone on one line", path.display());
+        }
+        Ok(Some(secret.to_string()))
+    }
+}
+
+/// Warnings for secrets given as command-line arguments, which any user on the machine can
+/// read in `ps` (and which stay in shell history).
+pub fn secret_argument_warnings<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<String> {
+    const SECRET_FLAGS: [(&str, &str); 2] = [
+        ("--s3-secret-access-key", "set AWS_SECRET_ACCESS_KEY or use --s3-secret-access-key-file"),
+        ("--s3-session-token", "set AWS_SESSION_TOKEN"),
+    ];
+    let args: Vec<String> = args.into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    SECRET_FLAGS
+        .iter()
+        .filter(|(flag, _)| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))))
+        .map(|(flag, instead)| format!("warning: {flag} on the command line shows in process listings and shell history: {instead}"))
+        .collect()
+}
 
 #[derive(Args, Debug)]
 pub struct ListArgs {

@@ -130,7 +130,7 @@ pub fn open_store(url: &str, s3: &S3Flags) -> anyhow::Result<Box<dyn Store>> {
         StoreUrl::S3(mut c) => {
             if c.access_key_id.is_none() {
                 c.access_key_id = s3.s3_access_key_id.clone().map(|s| s.0);
-                c.secret_access_key = s3.s3_secret_access_key.clone().map(|s| s.0);
+                c.secret_access_key = s3.secret_access_key()?;
                 c.session_token = s3.s3_session_token.clone().map(|s| s.0);
             }
             c.fill_from_env();
@@ -155,6 +155,9 @@ pub async fn run(cli: Cli) -> i32 {
     } else {
         Arc::new(LogReporter::new(std::io::stderr(), cli.debug))
     };
+    for w in args::secret_argument_warnings(std::env::args_os()) {
+        eprintln!("{w}");
+    }
     let mut ctx = Ctx::new(reporter.clone());
     ctx.max_in_flight = cli.max_in_flight as usize;
     install_signal_handlers(&ctx);
