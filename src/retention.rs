@@ -137,6 +137,8 @@ pub struct Plan {
     /// Oldest first.
     pub decisions: Vec<Decision>,
     pub uncommitted: Vec<Uncommitted>,
+    /// The deployment the plan is limited to, if any.
+    pub deployment: Option<String>,
 }
 
 fn bucketed(sorted_newest_first: &[&Candidate], n: usize, key: impl Fn(&DateTime<Utc>) -> String, rule: &str, out: &mut BTreeMap<String, Vec<String>>) {
@@ -261,7 +263,14 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
             });
         }
     }
-    Ok(Plan { store: store.describe(), policy: policy.clone(), now, decisions: decide(policy, &committed, now), uncommitted })
+    Ok(Plan {
+        store: store.describe(),
+        policy: policy.clone(),
+        now,
+        decisions: decide(policy, &committed, now),
+        uncommitted,
+        deployment: deployment.map(str::to_string),
+    })
 }
 
 impl Plan {
@@ -299,7 +308,22 @@ impl fmt::Display for Plan {
 pub struct Pruned {
     pub deleted: Vec<String>,
     pub swept: Vec<String>,
+    /// Multipart uploads left open by killed runs, aborted.
+    pub aborted_uploads: usize,
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
+}
+
+impl Pruned {
+    /// The closing line of a prune.
+    pub fn summary(&self) -> String {
+        format!(
+            "Deleted {} artifact(s), swept {} leftover(s), aborted {} open upload(s)",
+            self.deleted.len(),
+            self.swept.len(),
+            self.aborted_uploads
+        )
+    }
 }
 
 /// Deletes what the plan says: each artifact's marker first (it disappears from every
@@ -335,7 +359,29 @@ pub async fn execute(store: &dyn Store, plan: &Plan) -> Pruned {
             Err(e) => out.errors.push(format!("sweeping {}: {e:#}", u.name)),
         }
     }
+    match abort_open_uploads(store, plan.deployment.as_deref(), plan.now).await {
+        Ok(n) => out.aborted_uploads = n,
+        Err(e) if e.is::<crate::store::s3_uploads::NotOffered>() => out.warnings.push(format!("{e:#}")),
+        Err(e) => out.errors.push(format!("aborting multipart uploads left open: {e:#}")),
+    }
     out
+}
+
+
+/// Aborts the multipart uploads that killed runs left open in the store (their parts are
+/// billed, and fill a small server's disk): those under `deployment`'s artifacts (every
+/// deployment's without one), except a backup in progress's (its lease is live). Returns
+/// how many were aborted.
+pub async fn abort_open_uploads(store: &dyn Store, deployment: Option<&str>, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let live: std::collections::BTreeSet<String> =
+        crate::artifact::lease::all(store).await?.into_iter().flatten().filter(|l| l.is_live(now)).map(|l| l.artifact).collect();
+    let prefix = deployment.map(|d| format!("{d}_")).unwrap_or_default();
+    let keep = |key: &str| {
+        let Some((dir, _)) = key.split_once('/') else { return true };
+        let ours = Candidate::from_name(dir).is_some_and(|c| deployment.is_none_or(|d| d == c.deployment));
+        !ours || live.contains(dir)
+    };
+    store.abort_open_uploads(&prefix, &keep).await
 }
 
 #[cfg(test)]

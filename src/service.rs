@@ -59,7 +59,22 @@ pub async fn run_cleanup(ctx: &Ctx, cfg: &Config, dir: Direction) -> anyhow::Res
     let target = cfg.open_target().await?;
     let (mut failures, timings) = cleanup(ctx, target.as_ref(), dir).await;
     release(target.as_ref(), &mut failures).await;
+    if dir == Direction::Backup {
+        abort_left_uploads(ctx, cfg).await;
+    }
     Ok((failures, timings))
+}
+
+/// After a backup was stopped: the multipart uploads its run could not abort (killed) are
+/// aborted now, and counted. A store that cannot be reached is a warning: the instances'
+/// cleanup, which matters more, is done.
+async fn abort_left_uploads(ctx: &Ctx, cfg: &Config) {
+    let aborted = async { retention::abort_open_uploads(cfg.open_store()?.as_ref(), cfg.deployment_name(), chrono::Utc::now()).await };
+    match aborted.await {
+        Ok(0) => {}
+        Ok(n) => ctx.info(format!("Aborted {n} multipart upload(s) a stopped backup left open in {}", cfg.store.describe())),
+        Err(e) => ctx.warn(format!("could not look for multipart uploads a stopped backup left open in {}: {e:#}", cfg.store.describe())),
+    }
 }
 
 pub async fn run_pre_backup_check(ctx: &Ctx, cfg: &Config) -> anyhow::Result<(Failures, Timings)> {

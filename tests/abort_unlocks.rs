@@ -17,7 +17,7 @@ use support::fleet::Fleet;
 use support::owed_jobs::{calls, count, install, wait_for};
 use tempfile::TempDir;
 
-/// The tests look at every process on the machine carrying `LOCKSTEP_RUN`: one at a time.
+/// One at a time: each kills lockstep runs and looks at the processes they leave.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn text(o: &Output) -> String {
@@ -47,13 +47,21 @@ fn backing_up(fleet: &Fleet, db_fails_once: bool) -> (TempDir, std::path::PathBu
     (tmp, inventory, child)
 }
 
-/// Processes on this machine (the fleet's VMs share it) whose environment has `LOCKSTEP_RUN`.
-fn run_processes() -> Vec<u32> {
+/// The id of the run that holds the instance's staging directory (its run record).
+fn holding_run(vm: &support::fleet::Vm) -> String {
+    let record = fs::read_to_string(vm.host_path("/var/vcap/store/bbr-backup/.lockstep-run")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(record.trim()).unwrap();
+    v["run"].as_str().unwrap().to_string()
+}
+
+/// Processes on this machine (the fleet's VMs share it) carrying `LOCKSTEP_RUN=<run>`.
+fn run_processes(run: &str) -> Vec<u32> {
+    let want = format!("LOCKSTEP_RUN={run}");
     let mut pids = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let env = fs::read(e.path().join("environ")).unwrap_or_default();
-        if env.split(|&b| b == 0).any(|v| v.starts_with(b"LOCKSTEP_RUN=")) {
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
             pids.push(pid);
         }
     }
@@ -68,10 +76,11 @@ fn cleanup_after_a_sigkill_stops_the_scripts_the_run_left_running_before_it_unlo
     let Some(fleet) = Fleet::start("cleanup_after_a_sigkill_stops_the_scripts", 2) else { return };
     let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
     let (tmp, inventory, mut child) = backing_up(&fleet, false);
+    let run = holding_run(api);
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!run_processes().is_empty(), "the killed run's backup scripts should still run (nothing stopped them)");
+    assert!(!run_processes(&run).is_empty(), "the killed run's backup scripts should still run (nothing stopped them)");
     assert_eq!(count(api, "api post-backup-unlock start") + count(db, "db post-backup-unlock start"), 0);
 
     let o = lockstep(tmp.path(), &inventory, &["backup-cleanup"]).output().unwrap();
@@ -79,7 +88,7 @@ fn cleanup_after_a_sigkill_stops_the_scripts_the_run_left_running_before_it_unlo
     assert!(o.status.success(), "{out}");
     assert!(out.contains("process(es) that run") && out.contains("scripts left running on api/0"), "{out}");
     assert!(out.contains("scripts left running on db/0"), "{out}");
-    assert!(run_processes().is_empty(), "still running: {:?}", run_processes());
+    assert!(run_processes(&run).is_empty(), "still running: {:?}", run_processes(&run));
     // Stopped, never finished; then unlocked once each, by the cleanup.
     for (vm, job) in [(api, "api"), (db, "db")] {
         assert_eq!(count(vm, &format!("{job} backup end")), 0, "{:?}", calls(vm));
@@ -94,6 +103,7 @@ fn sigterm_while_locked_unlocks_every_level_though_sigkill_follows_and_cleanup_r
     let Some(fleet) = Fleet::start("sigterm_while_locked_unlocks_every_level", 2) else { return };
     let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
     let (tmp, inventory, child) = backing_up(&fleet, true);
+    let run = holding_run(api);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_secs(1));
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -127,6 +137,7 @@ fn sigterm_while_locked_unlocks_every_level_though_sigkill_follows_and_cleanup_r
         let left: Vec<_> = fs::read_dir(&owed).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(left.is_empty(), "unlock results left on the instance: {left:?}\n{out}");
     }
+    assert!(run_processes(&run).is_empty(), "the stopped run's scripts still run: {:?}", run_processes(&run));
     // A second cleanup finds nothing left by a stopped run.
     let o = lockstep(tmp.path(), &inventory, &["backup-cleanup"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));

@@ -24,7 +24,12 @@ fn instance(root: &Path, hold: bool) -> String {
     let bbr = root.join("var/vcap/jobs/store/bin/bbr");
     fs::create_dir_all(&bbr).unwrap();
     fs::create_dir_all(root.join("var/vcap/store")).unwrap();
-    let wait = if hold { format!("while [ ! -e '{}/release' ]; do sleep 0.1; done\n", root.display()) } else { String::new() };
+    // It also ends once the test's directory is gone, so a killed run leaves no script behind.
+    let wait = if hold {
+        format!("while [ ! -e '{r}/release' ] && [ -d '{r}' ]; do sleep 0.1; done\n", r = root.display())
+    } else {
+        String::new()
+    };
     let body = format!("#!/bin/sh\necho data > \"$BBR_ARTIFACT_DIRECTORY/data\"\n{wait}");
     fs::write(bbr.join("backup"), body).unwrap();
     fs::set_permissions(bbr.join("backup"), fs::Permissions::from_mode(0o755)).unwrap();

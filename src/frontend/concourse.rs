@@ -213,6 +213,11 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
             if let Some(done) = &done {
                 md.push(meta("deleted", done.deleted.len().to_string()));
                 md.push(meta("swept", done.swept.len().to_string()));
+                md.push(meta("aborted_uploads", done.aborted_uploads.to_string()));
+                eprintln!("{}", done.summary());
+                for w in &done.warnings {
+                    eprintln!("WARNING: {w}");
+                }
                 if !done.errors.is_empty() {
                     bail!("pruning failed:\n  {}", done.errors.join("\n  "));
                 }

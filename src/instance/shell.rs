@@ -103,8 +103,9 @@ const OWED_VANISHED: i32 = 125;
 /// the winner starts it under `setsid` (its own session and process group, so neither the
 /// end of this SSH session nor the kill of this command's group reaches it) with its
 /// output in `dir` and its exit status written last (`status`, renamed into place). With
-/// `wait`, polls for `status` (and for the process, so one that died without a status does
-/// not hang the wait), then replays the output and exits with the script's code. It
+/// `wait`, polls for `status` (and for the process and the directory, so neither a script
+/// that died without a status nor a waiter orphaned by a killed lockstep, whose directory a
+/// cleanup removed, waits forever), then replays the output and exits with the script's code. It
 /// removes nothing: a waiter whose reader is gone (lockstep killed) still gets this far,
 /// and the result must stay for the cleanup ([`Instance::forget_owed`] removes it).
 fn owed_command(dir: &str, script: &str, wait: bool) -> String {
@@ -124,6 +125,7 @@ fn owed_command(dir: &str, script: &str, wait: bool) -> String {
     if wait {
         cmd.push_str(&format!(
             "; while [ ! -e \"$d/status\" ]; do \
+               if [ ! -d \"$d\" ]; then echo 'lockstep: what this script kept is gone (removed by a cleanup)' >&2; exit {OWED_VANISHED}; fi; \
                if [ -s \"$d/pid\" ] && ! kill -0 \"$(cat \"$d/pid\")\" 2>/dev/null && [ ! -e \"$d/status\" ]; then \
                  cat \"$d/stderr\" >&2 2>/dev/null; echo 'lockstep: the script stopped without an exit status (its process is gone)' >&2; exit {OWED_VANISHED}; fi; \
                sleep 0.2 2>/dev/null || sleep 1; done; \

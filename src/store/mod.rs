@@ -8,6 +8,7 @@ pub mod local;
 pub mod metered;
 pub mod replicas;
 pub mod s3;
+pub mod s3_uploads;
 pub mod url;
 
 use async_trait::async_trait;
@@ -82,6 +83,13 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;
     /// Deletes an object; deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+
+    /// Aborts the multipart uploads left open under `prefix` (by a run killed before it
+    /// could), except those whose key `keep` accepts (a backup in progress); returns how
+    /// many it aborted. A store without multipart uploads has none.
+    async fn abort_open_uploads(&self, _prefix: &str, _keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync)) -> anyhow::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Reads a whole (small) object into memory.

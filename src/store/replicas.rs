@@ -228,6 +228,20 @@ impl Store for ReplicaStore {
         }
         Ok(())
     }
+
+    /// In every copy; an error is returned unless that copy already failed this run.
+    async fn abort_open_uploads(&self, prefix: &str, keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync)) -> anyhow::Result<usize> {
+        let results = futures::future::join_all(self.stores.iter().map(|s| s.abort_open_uploads(prefix, keep))).await;
+        let mut aborted = 0;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(n) => aborted += n,
+                Err(e) if !self.shared.is_failed(i) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(aborted)
+    }
 }
 
 struct Slot {

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, Certificate, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions,
@@ -53,6 +53,10 @@ pub const STORE_PARTS_IN_FLIGHT: usize = 4;
 
 pub struct S3Store {
     inner: Arc<dyn ObjectStore>,
+    /// The same client, for what only S3 has: signing the open-uploads listing, aborting.
+    s3: Arc<AmazonS3>,
+    /// Sends the one request `object_store` does not offer (see [`super::s3_uploads`]).
+    http: reqwest::Client,
     config: S3Config,
     part_size: usize,
     max_parts: u64,
@@ -72,17 +76,35 @@ impl std::fmt::Debug for S3Store {
 }
 
 /// Reads `ca_bundle`: PEM text, or a path to a PEM file.
-fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
-    let pem = if bundle.contains("-----BEGIN") {
-        bundle.as_bytes().to_vec()
+/// `ca_bundle`'s PEM text: the text itself, or the file it names.
+fn ca_pem(bundle: &str) -> anyhow::Result<Vec<u8>> {
+    if bundle.contains("-----BEGIN") {
+        Ok(bundle.as_bytes().to_vec())
     } else {
-        std::fs::read(bundle).with_context(|| format!("reading ca_bundle {bundle}"))?
-    };
-    let certs = Certificate::from_pem_bundle(&pem).context("ca_bundle is not a PEM certificate bundle")?;
+        std::fs::read(bundle).with_context(|| format!("reading ca_bundle {bundle}"))
+    }
+}
+
+fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
+    let certs = Certificate::from_pem_bundle(&ca_pem(bundle)?).context("ca_bundle is not a PEM certificate bundle")?;
     if certs.is_empty() {
         anyhow::bail!("ca_bundle holds no certificate");
     }
     Ok(certs)
+}
+
+/// An HTTP client that trusts what the store's client trusts, for the open-uploads listing.
+fn uploads_client(c: &S3Config) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(c.request_timeout_duration()?)
+        .danger_accept_invalid_certs(c.skip_ssl_verification);
+    if let Some(bundle) = &c.ca_bundle {
+        for cert in reqwest::Certificate::from_pem_bundle(&ca_pem(bundle)?).context("ca_bundle is not a PEM certificate bundle")? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))
 }
 
 /// Is the endpoint's host an IP address or a single label (`minio`, `localhost`)? Then
@@ -163,10 +185,10 @@ impl S3Store {
             max_retries: c.max_retries.unwrap_or(10),
             retry_timeout: Duration::from_secs(c.retry_timeout_seconds.unwrap_or(180)),
         });
-        let inner = b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?;
+        let s3 = Arc::new(b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?);
         let part_size = c.part_size_mib.map(|m| m as usize * 1024 * 1024).unwrap_or(DEFAULT_PART_SIZE);
         let max_parts = c.max_parts.unwrap_or(S3_MAX_PARTS).clamp(1, S3_MAX_PARTS);
-        Ok(S3Store { inner: Arc::new(inner), config: c.clone(), part_size, max_parts,
+        Ok(S3Store { inner: s3.clone(), s3, http: uploads_client(c)?, config: c.clone(), part_size, max_parts,
             pending_aborts: Default::default(),
             parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
         })
@@ -687,6 +709,25 @@ impl Store for S3Store {
             .await?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn abort_open_uploads(&self, prefix: &str, keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync)) -> anyhow::Result<usize> {
+        use object_store::multipart::MultipartStore;
+        self.settle().await;
+        let strip = if self.config.prefix.is_empty() { String::new() } else { format!("{}/", self.config.prefix) };
+        let mut aborted = 0;
+        for u in super::s3_uploads::list(&self.s3, &self.http, &self.full_key(prefix)).await.with_context(|| self.describe())? {
+            let Some(key) = u.key.strip_prefix(strip.as_str()) else { continue };
+            if keep(key) {
+                continue;
+            }
+            let path = Path::parse(&u.key).map_err(|e| anyhow!("invalid key {:?} of an open upload: {e}", u.key))?;
+            match self.s3.abort_multipart(&path, &u.upload_id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => aborted += 1,
+                Err(e) => return Err(self.explain(e, &format!("aborting the open upload of {key}"))),
+            }
+        }
+        Ok(aborted)
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {

@@ -148,7 +148,10 @@ pub(super) async fn prune(PruneArgs { stores, artifact_path, deployment, keep_la
             continue;
         }
         let done = retention::execute(store.as_ref(), &plan).await;
-        println!("Deleted {} artifact(s), swept {} leftover(s) from {}", done.deleted.len(), done.swept.len(), store.describe());
+        println!("{} from {}", done.summary(), store.describe());
+        for w in &done.warnings {
+            eprintln!("warning: {w}");
+        }
         for e in &done.errors {
             eprintln!("error: {e}");
             code = 1;
@@ -261,7 +264,10 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             match done {
                 None => println!("Dry run: nothing deleted."),
                 Some(done) => {
-                    println!("Deleted {} artifact(s), swept {} leftover(s)", done.deleted.len(), done.swept.len());
+                    println!("{}", done.summary());
+                    for w in &done.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     if !done.errors.is_empty() {
                         for e in &done.errors {
                             eprintln!("error: {e}");
