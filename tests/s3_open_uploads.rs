@@ -3,6 +3,7 @@
 //! `lockstep run backup-cleanup` find them with ListMultipartUploads and abort them, except
 //! a backup in progress's (its lease is live) and another deployment's. Against moto over
 //! TLS (the listing trusts the store's ca_bundle); what is left is read with the AWS CLI.
+//! And s3-resource's `aws_role_arn`, against moto's STS.
 
 mod s3_support;
 
@@ -133,4 +134,63 @@ fn a_server_that_cannot_list_open_uploads_gets_a_warning_not_a_failed_prune() {
     let (ok, out) = lockstep_run(&config, "prune");
     assert!(ok, "{out}");
     assert!(out.contains("warning: s3://backups/cf at ") && out.contains("this S3 server does not list open multipart uploads") && out.contains("lifecycle rule"), "{out}");
+}
+
+/// s3-resource's `aws_role_arn`: the store assumes the role once with STS (moto's, at the
+/// store's endpoint, seen through a counting proxy) and works with its credentials; an STS
+/// that refuses makes the store fail with the role named, not silently use the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_is_assumed_once_and_its_credentials_used() {
+    use lockstep::store::Store;
+    use s3_support::fault_proxy::{Fault, FaultProxy};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    let Some(moto) = Moto::start() else { return };
+    let assumed = Arc::new(AtomicUsize::new(0));
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (a, r) = (assumed.clone(), refuse.clone());
+    let proxy = FaultProxy::start(
+        moto.port,
+        Arc::new(move |_method: &str, target: &str| {
+            if !target.contains("Action=AssumeRole") {
+                return None;
+            }
+            a.fetch_add(1, Ordering::SeqCst);
+            r.load(Ordering::SeqCst).then_some(Fault::Status500)
+        }),
+    );
+    let mut c = moto.config("roles", "p");
+    c.endpoint = Some(proxy.endpoint());
+    c.aws_role_arn = Some("arn:aws:iam::123456789012:role/backups".into());
+    let store = S3Store::new(&c).unwrap();
+    // The bucket, made with the AWS CLI.
+    let Some(aws) = find_bin("aws") else { return missing("aws (ci/.venv)") };
+    let mk = Command::new(aws)
+        .args(["--endpoint-url", &moto.endpoint(), "s3", "mb", "s3://roles"])
+        .envs([("AWS_ACCESS_KEY_ID", "moto-key"), ("AWS_SECRET_ACCESS_KEY", "moto-secret"), ("AWS_DEFAULT_REGION", s3_support::REGION)])
+        .output()
+        .unwrap();
+    assert!(mk.status.success(), "{}", String::from_utf8_lossy(&mk.stderr));
+
+    let mut w = store.create("cf_20261201T000000Z/a.tar").await.unwrap();
+    w.write_all(b"through the role").await.unwrap();
+    w.shutdown().await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(lockstep::store::read_all(&store, "cf_20261201T000000Z/a.tar").await.unwrap(), b"through the role");
+    assert_eq!(store.list("").await.unwrap().len(), 1);
+    assert_eq!(store.abort_open_uploads("cf_", &|_| false).await.unwrap(), 0);
+    assert_eq!(assumed.load(Ordering::SeqCst), 1, "assumed once, then reused until it nears expiry");
+
+    refuse.store(true, Ordering::SeqCst);
+    let e = format!("{:#}", S3Store::new(&c).unwrap().list("").await.unwrap_err());
+    assert!(e.contains("assuming the role arn:aws:iam::123456789012:role/backups") && e.contains("STS refused"), "{e}");
+    assert!(!e.contains("moto-secret"), "{e}");
+    // Without keys to sign AssumeRole with, the store says what it needs.
+    c.access_key_id = None;
+    c.secret_access_key = None;
+    c.enable_aws_creds_provider = true;
+    let e = format!("{:#}", S3Store::new(&c).err().unwrap());
+    assert!(e.contains("aws_role_arn needs access_key_id and secret_access_key"), "{e}");
 }

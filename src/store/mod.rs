@@ -3,6 +3,7 @@
 //! committed. The store knows nothing of BBR: which objects form a complete artifact is
 //! decided by [`crate::artifact`] (the `lockstep.json` commit marker).
 
+pub mod assume_role;
 pub mod codec;
 pub mod local;
 pub mod metered;

@@ -93,7 +93,8 @@ fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
     Ok(certs)
 }
 
-/// An HTTP client that trusts what the store's client trusts, for the open-uploads listing.
+/// An HTTP client that trusts what the store's client trusts, for what `object_store` does
+/// not send itself: the open-uploads listing and STS's AssumeRole.
 fn uploads_client(c: &S3Config) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -148,6 +149,10 @@ impl S3Store {
                 None => b.with_config(AmazonS3ConfigKey::Token, ""),
             };
         }
+        let http = uploads_client(c)?;
+        if let Some(role) = &c.aws_role_arn {
+            b = b.with_credentials(Arc::new(super::assume_role::AssumedRole::new(c, role, http.clone())?));
+        }
         if let Some(endpoint) = &c.endpoint {
             let endpoint = endpoint.trim_end_matches('/');
             // A bucket cannot be a label of an IP address or of a single-label host
@@ -188,7 +193,7 @@ impl S3Store {
         let s3 = Arc::new(b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?);
         let part_size = c.part_size_mib.map(|m| m as usize * 1024 * 1024).unwrap_or(DEFAULT_PART_SIZE);
         let max_parts = c.max_parts.unwrap_or(S3_MAX_PARTS).clamp(1, S3_MAX_PARTS);
-        Ok(S3Store { inner: s3.clone(), s3, http: uploads_client(c)?, config: c.clone(), part_size, max_parts,
+        Ok(S3Store { inner: s3.clone(), s3, http, config: c.clone(), part_size, max_parts,
             pending_aborts: Default::default(),
             parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
         })

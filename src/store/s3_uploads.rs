@@ -86,8 +86,8 @@ fn parse(body: &str) -> anyhow::Result<Page> {
     Ok(Page { uploads, next })
 }
 
-/// The text of the first `<name>...</name>` in `xml`, unescaped.
-fn element(xml: &str, name: &str) -> Option<String> {
+/// The text of the first `<name>...</name>` in `xml` (a flat S3 or STS answer), unescaped.
+pub(crate) fn element(xml: &str, name: &str) -> Option<String> {
     let open = format!("<{name}>");
     let start = xml.find(&open)? + open.len();
     let end = xml[start..].find(&format!("</{name}>"))? + start;

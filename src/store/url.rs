@@ -99,6 +99,10 @@ pub struct S3Config {
     /// worker any team would otherwise get the worker's IAM role.
     #[serde(default)]
     pub enable_aws_creds_provider: bool,
+    /// s3-resource's key: a role to assume (STS AssumeRole, signed with the keys given);
+    /// the store then works with the role's temporary credentials.
+    #[serde(default)]
+    pub aws_role_arn: Option<String>,
 }
 
 impl S3Config {
@@ -123,6 +127,7 @@ impl S3Config {
         "request_timeout",
         "max_parts",
         "enable_aws_creds_provider",
+        "aws_role_arn",
     ];
     /// The options a store URL's query takes (`s3://BUCKET/PREFIX?key=value&...`): the
     /// source keys without the bucket and prefix (they are the URL's path) and without the
@@ -141,6 +146,7 @@ impl S3Config {
         "request_timeout",
         "max_parts",
         "enable_aws_creds_provider",
+        "aws_role_arn",
     ];
     /// Keys that hold secrets: never accepted in a URL, never printed.
     pub const SECRET_KEYS: &'static [&'static str] = &["access_key_id", "secret_access_key", "session_token"];
@@ -250,6 +256,7 @@ impl fmt::Debug for S3Config {
             .field("request_timeout", &self.request_timeout)
             .field("max_parts", &self.max_parts)
             .field("enable_aws_creds_provider", &self.enable_aws_creds_provider)
+            .field("aws_role_arn", &self.aws_role_arn)
             .finish()
     }
 }
@@ -372,6 +379,7 @@ impl StoreUrl {
                 "request_timeout" => c.request_timeout = Some(v),
                 "max_parts" => c.max_parts = Some(num(&v)?),
                 "enable_aws_creds_provider" => c.enable_aws_creds_provider = parse_bool(key, &v)?,
+                "aws_role_arn" => c.aws_role_arn = Some(v),
                 _ => bail!("store URL: unknown option {key:?}; allowed: {}", S3Config::QUERY_KEYS.join(", ")),
             }
         }

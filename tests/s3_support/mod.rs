@@ -247,9 +247,26 @@ pub struct Moto {
     child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
+    tls: bool,
 }
 
 impl Moto {
+    /// moto over plain HTTP (every AWS service it has, STS included, on one port).
+    pub fn start() -> Option<Moto> {
+        let Some(bin) = find_bin("moto_server") else {
+            missing("moto_server 5.2.5 (ci/.venv)");
+            return None;
+        };
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting moto_server");
+        wait_listening(port, &mut child, "moto_server", Duration::from_secs(60));
+        Some(Moto { child: Some(child), port, dir, tls: false })
+    }
+
     pub fn start_tls() -> Option<Moto> {
         let Some(bin) = find_bin("moto_server") else {
             missing("moto_server 5.2.5 (ci/.venv)");
@@ -281,7 +298,7 @@ impl Moto {
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("starting moto_server");
         wait_listening(port, &mut child, "moto_server", Duration::from_secs(60));
-        Some(Moto { child: Some(child), port, dir })
+        Some(Moto { child: Some(child), port, dir, tls: true })
     }
 
     pub fn ca_pem(&self) -> PathBuf {
@@ -289,7 +306,7 @@ impl Moto {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
     }
 
     pub fn config(&self, bucket: &str, prefix: &str) -> S3Config {
