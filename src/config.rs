@@ -42,8 +42,18 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-const TOP_KEYS: &[&str] =
-    &["target", "store", "compression", "encryption", "retention", "max_in_flight", "script_timeout", "min_stores", "ssh"];
+const TOP_KEYS: &[&str] = &[
+    "target",
+    "store",
+    "compression",
+    "encryption",
+    "retention",
+    "max_in_flight",
+    "script_timeout",
+    "max_lock_window",
+    "min_stores",
+    "ssh",
+];
 const TARGET_KINDS: &[&str] = &["hosts", "director", "deployment", "local"];
 const DIRECTOR_KEYS: &[&str] = &["host", "username", "private_key", "host_public_key"];
 const DEPLOYMENT_KEYS: &[&str] = &["environment", "client", "client_secret", "ca_cert", "deployment"];
@@ -91,6 +101,8 @@ pub struct Config {
     pub retention: Option<Policy>,
     pub max_in_flight: Option<usize>,
     pub script_timeout: Option<Duration>,
+    /// The lock-window ceiling of a backup (`None`: the default, 4h).
+    pub max_lock_window: Option<Duration>,
     pub min_stores: Option<usize>,
     pub ssh: SshOptions,
 }
@@ -378,6 +390,7 @@ impl Config {
             bail!("max_in_flight must be at least 1");
         }
         let script_timeout = obj.get("script_timeout").map(|v| duration(v, "script_timeout")).transpose()?;
+        let max_lock_window = obj.get("max_lock_window").map(|v| duration(v, "max_lock_window")).transpose()?;
         let min_stores = obj.get("min_stores").map(|v| count(v, "min_stores")).transpose()?;
         let mut ssh = SshOptions::from_env();
         ssh.script_timeout = script_timeout;
@@ -396,7 +409,7 @@ impl Config {
             }
             ssh.gateway = all_proxy(s, &ssh)?;
         }
-        Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, min_stores, ssh })
+        Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, max_lock_window, min_stores, ssh })
     }
 
     /// The deployment whose artifacts this configuration is about.

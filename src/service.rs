@@ -28,7 +28,7 @@ pub fn tune(ctx: &mut Ctx, cfg: &Config) {
 pub async fn run_backup(ctx: &Ctx, cfg: &Config, unsafe_lock_free: bool, origin: BTreeMap<String, String>) -> anyhow::Result<BackupOutcome> {
     let target = cfg.open_target().await?;
     let store = cfg.open_store()?;
-    let opts = BackupOptions { unsafe_lock_free, origin, manifest: None, codec: cfg.codec() };
+    let opts = BackupOptions { unsafe_lock_free, origin, manifest: None, codec: cfg.codec(), max_lock_window: cfg.max_lock_window };
     let mut out = backup(ctx, target.as_ref(), store.as_ref(), &opts).await;
     release(target.as_ref(), &mut out.failures).await;
     Ok(out)

@@ -181,6 +181,25 @@ async fn a_panic_while_locked_still_unlocks_everything_and_cleans_up() {
     assert_no_staging(&w);
 }
 
+/// A hung backup script past `max_lock_window`: it is stopped, every level is unlocked at
+/// once, and the backup fails naming the script that held the lock; nothing is committed.
+#[tokio::test]
+async fn a_lock_window_past_its_ceiling_is_ended_with_the_holding_script_named() {
+    let w = World::new();
+    w.fault(Some(DB), script(Backup, Some("postgres")), Action::Hang(std::time::Duration::from_secs(600)));
+    let started = std::time::Instant::now();
+    let opts = BackupOptions { max_lock_window: Some(std::time::Duration::from_secs(2)), ..Default::default() };
+    let out = w.backup_with(&opts).await;
+    let report = out.failures.render();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(report.contains("the lock window passed max_lock_window (2s) while backup for job postgres on db/0 still ran"), "{report}");
+    assert!(!report.contains("a signal asked lockstep to stop"), "not a stop request: {report}");
+    assert!(out.artifact.is_none() && w.committed().await.is_empty());
+    assert_all_unlocked(&w);
+    assert_no_staging(&w);
+    assert_eq!(out.failures.exit_code(), 1, "{report}");
+}
+
 /// A panic in the drain (after unlock): the backup fails, nothing is committed, and the
 /// run still reaches its end (the store's partial artifact is discarded).
 #[tokio::test]

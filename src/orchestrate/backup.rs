@@ -7,6 +7,7 @@
 
 use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
+use super::lock_window::{LockWindow, DEFAULT_MAX_LOCK_WINDOW};
 use super::run_lock::{self, held_error, RunRecord};
 use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::lease::{self, Lease};
@@ -37,6 +38,8 @@ pub struct BackupOptions {
     pub manifest: Option<Vec<u8>>,
     /// Compression and encryption of the stored tars (default: plain, bbr's layout).
     pub codec: Codec,
+    /// The lock-window ceiling; `None`: [`DEFAULT_MAX_LOCK_WINDOW`].
+    pub max_lock_window: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +211,9 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
 
         // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
         // request does. Every level whose lock was attempted is owed its unlock.
+        // Until the unlock, the scripts run under the lock-window ceiling (`locked`).
+        let window = LockWindow::open(ctx, opts.max_lock_window.unwrap_or(DEFAULT_MAX_LOCK_WINDOW));
+        let locked = &window.ctx;
         let mut locked_levels = 0;
         let mut lock_window_start = None;
         if opts.unsafe_lock_free {
@@ -215,7 +221,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         } else {
             let start = Instant::now();
             let (attempted, errors) =
-                out.timings.phase(ctx, Phase::Lock, lock_in_order(ctx, run_id, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
+                out.timings.phase(ctx, Phase::Lock, lock_in_order(locked, run_id, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
             record(&mut out.failures, FailureKind::Lock, errors);
             locked_levels = attempted;
             lock_window_start = (attempted > 0).then_some(start);
@@ -224,7 +230,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         // Backup: every job's script as one parallel batch, unless locking failed.
         let lock_ok = out.failures.is_empty();
         let mut backup_ok = false;
-        if lock_ok && !ctx.cancelled() {
+        if lock_ok && !locked.cancelled() {
             let backupable = dep.jobs_where(|j| j.backupable());
             let errors = out
                 .timings
@@ -233,9 +239,9 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
                     let slot = dep.backup_slot(at);
                     let mut env = artifact_env(&inst.artifact_dir(slot.name()));
                     env.push(run_env(run_id));
-                    cancellable(ctx, async {
+                    cancellable(locked, async {
                         inst.create_artifact_dir(slot.name()).await?;
-                        script(ctx, inst, &job.name, ScriptKind::Backup, &env).await
+                        script(locked, inst, &job.name, ScriptKind::Backup, &env).await
                     })
                     .await
                     .map_err(|e| {
@@ -247,6 +253,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
             backup_ok = errors.is_empty();
             record(&mut out.failures, FailureKind::General, errors);
         }
+        window.close(ctx, &mut out.failures);
 
         // Unlock, always, for every level that was (or may have been) locked; a stop request
         // does not skip it.

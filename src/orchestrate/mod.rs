@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod discover;
 pub mod failure;
 pub mod levels;
+pub mod lock_window;
 pub mod precheck;
 pub mod restore;
 pub mod run_lock;

@@ -64,6 +64,8 @@ pub enum Action {
     ReportExists,
     /// Panic (a bug, here or in a dependency) instead of running the operation.
     Panic(String),
+    /// Hang this long (a script that does not return), then run it.
+    Hang(std::time::Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,10 @@ impl Instance for FaultyInstance {
         match self.enter(Op::Script { job: job.into(), kind, env: env.to_vec() }) {
             Some(Action::Fail(m)) => fail(&m),
             Some(Action::Panic(m)) => panic!("{m}"),
+            Some(Action::Hang(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.run_script(job, kind, env).await
+            }
             Some(Action::FailAfter(m)) => {
                 self.inner.run_script(job, kind, env).await?;
                 fail(&m)

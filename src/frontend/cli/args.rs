@@ -223,6 +223,10 @@ pub enum Action {
         /// Repeat.
         #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
         encrypt_to: Vec<String>,
+        /// The longest the platform may stay locked (lock, backup scripts): past it the
+        /// scripts are stopped, everything is unlocked and the backup fails (default 4h).
+        #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+        max_lock_window: Option<std::time::Duration>,
         #[command(flatten)]
         s3: S3Flags,
     },

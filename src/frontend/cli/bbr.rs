@@ -250,7 +250,7 @@ async fn run_action_inner(
             ctx.info(format!("{who} {} backed up.", if failures.is_empty() { "can be" } else { "cannot be" }));
             (failures, timings, "backup-cleanup")
         }
-        Action::Backup { artifact_path, unsafe_lock_free, with_manifest, stores, min_stores, compression, encrypt_to, s3 } => {
+        Action::Backup { artifact_path, unsafe_lock_free, with_manifest, stores, min_stores, compression, encrypt_to, max_lock_window, s3 } => {
             if *with_manifest && manifest.is_none() {
                 bail!("--with-manifest needs a BOSH director (the deployment target); this target has no manifest");
             }
@@ -265,7 +265,7 @@ async fn run_action_inner(
                 (Box::new(open_stores(stores, *min_stores, s3)?), Compression::ZSTD)
             };
             let codec = Codec { compression: compression.unwrap_or(default_compression), recipients };
-            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest, codec };
+            let opts = BackupOptions { unsafe_lock_free: *unsafe_lock_free, origin: build_origin(), manifest, codec, max_lock_window: *max_lock_window };
             let out = backup(ctx, target, store.as_ref(), &opts).await;
             if let Some(a) = &out.artifact {
                 let location = match artifact_path.as_ref().filter(|_| stores.is_empty()) {
