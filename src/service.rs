@@ -77,6 +77,18 @@ async fn abort_left_uploads(ctx: &Ctx, cfg: &Config) {
     }
 }
 
+/// The target's deployment name and instances (`{"deployment": .., "instances": [{"id",
+/// "address"}]}`): what a drill's smoke check is given, never a secret.
+pub async fn describe_target(cfg: &Config) -> anyhow::Result<serde_json::Value> {
+    let target = cfg.open_target().await?;
+    let instances = target.instances().await;
+    let mut failures = Failures::default();
+    release(target.as_ref(), &mut failures).await;
+    let instances: Vec<serde_json::Value> =
+        instances?.iter().map(|i| serde_json::json!({"id": i.id().to_string(), "address": i.address()})).collect();
+    Ok(serde_json::json!({"deployment": target.deployment_name(), "instances": instances}))
+}
+
 pub async fn run_pre_backup_check(ctx: &Ctx, cfg: &Config) -> anyhow::Result<(Failures, Timings)> {
     let target = cfg.open_target().await?;
     let (mut failures, timings) = pre_backup_check(ctx, target.as_ref()).await;

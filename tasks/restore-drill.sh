@@ -38,8 +38,18 @@ if [ -z "${SMOKE_CHECK:-}" ]; then
   exit 0
 fi
 echo "Drill: running the smoke check (SMOKE_CHECK)." >&2
+# The smoke check gets what it needs and nothing secret: not DRILL_CONFIG or LOCKSTEP_CONFIG
+# (SSH keys, store keys, age identity), only the artifact's name and directory and the
+# scratch deployment's name and instances (DRILL_TARGET, JSON from `lockstep run describe`).
+drill_target=$(lockstep run describe) || die "could not describe the scratch deployment for the smoke check"
+if [ -z "$artifact" ] && [ -n "$ARTIFACT_DIR" ]; then
+  # A get writes the version's name into `version`; a bbr directory is named after it.
+  if [ -f "$ARTIFACT_DIR/version" ]; then artifact=$(cat "$ARTIFACT_DIR/version"); else artifact=$(basename "$ARTIFACT_DIR"); fi
+fi
+smoke_check=$SMOKE_CHECK
 smoke=0
-sh -c "$SMOKE_CHECK" || smoke=$?
+env -i PATH="$PATH" HOME="${HOME:-/}" TMPDIR="${TMPDIR:-/tmp}" ARTIFACT="$artifact" ARTIFACT_DIR="$ARTIFACT_DIR" \
+  DRILL_TARGET="$drill_target" sh -c "$smoke_check" || smoke=$?
 if [ "$smoke" -ne 0 ]; then
   echo "Drill: the smoke check failed (exit $smoke): the backup restored, but the restored deployment is not healthy." >&2
   exit 1

@@ -2,7 +2,8 @@
 //! bytes overwritten, replaced by random JSON or text), fed to the real binaries as an
 //! operator or Concourse runs them: `lockstep list`, `lockstep verify`, the resource's
 //! `check` and `in`. Whatever the damage: never a panic, and a command that fails names the
-//! artifact, so the operator knows which backup is broken.
+//! artifact, so the operator knows which backup is broken. And `check`'s answer for a
+//! version it cannot find (pruned).
 
 use lockstep::frontend::demo::create_deployment;
 use lockstep::orchestrate::backup::{backup, BackupOptions};
@@ -217,4 +218,43 @@ fn an_intact_artifact_passes_and_a_half_record_fails_by_name() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(&base.name), "{file}: in: {err}");
     }
+}
+
+/// `check` given a version it cannot find (pruned) returns only the newest, as Concourse's
+/// resource contract asks; given one it has, that one and every newer one, oldest first.
+#[test]
+fn check_from_a_pruned_version_gives_only_the_newest() {
+    let base = base();
+    let tmp = TempDir::new().unwrap();
+    let store = tmp.path().join("store");
+    copy_tree(&base.store, &store);
+    // Two more backups of the same deployment, a second apart (names are per second).
+    let deployed = create_deployment(&tmp.path().join("dep"), true).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut names = vec![base.name.clone()];
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = rt.block_on(backup(
+            &Ctx::new(Arc::new(Recorder::default())),
+            &LocalTarget::new("demo", deployed.clone()),
+            &LocalStore::new(&store),
+            &BackupOptions::default(),
+        ));
+        names.push(out.artifact.expect("committed"));
+    }
+    let source = json!({"store": {"path": store}, "target": {"local": {"name": "demo", "instances": {}}}});
+    let check = |version: Option<&str>| -> Value {
+        let mut request = json!({"source": source});
+        if let Some(v) = version {
+            request["version"] = json!({"artifact": v});
+        }
+        let o = run(env!("CARGO_BIN_EXE_check"), &[], Some(&request));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(check(Some(&names[1])), json!([{"artifact": names[1]}, {"artifact": names[2]}]));
+    // names[0] pruned by hand: an older, unknown version gives only the newest.
+    std::fs::remove_dir_all(store.join(&names[0])).unwrap();
+    assert_eq!(check(Some(&names[0])), json!([{"artifact": names[2]}]));
+    assert_eq!(check(None), json!([{"artifact": names[2]}]));
 }

@@ -486,6 +486,30 @@ fn a_failed_backup_runs_backup_cleanup_and_goes_no_further() {
     assert_eq!(r.run_job("prune"), None);
 }
 
+/// The smoke check sees only what it needs: the artifact and the scratch deployment's name
+/// and instances, never the configurations that hold the SSH keys, store keys and identity.
+#[test]
+fn the_smoke_check_gets_the_drill_target_and_no_secret() {
+    let site = Site::new();
+    let seen = site.work.join("smoke-env");
+    let mut r = site.backup_pipeline(&format!("env > '{}'", seen.display()));
+    assert_eq!(r.run_job("backup"), Some(true), "{}", r.log);
+    assert_eq!(r.run_job("restore-drill"), Some(true), "{}", r.log);
+    let env = std::fs::read_to_string(&seen).unwrap();
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    for secret in ["DRILL_CONFIG", "LOCKSTEP_CONFIG"] {
+        assert!(!names.contains(&secret), "{secret} reached the smoke check:\n{env}");
+    }
+    assert!(!env.contains(&site.drill_config().to_string()) && !env.contains("\"store\""), "{env}");
+    let artifact = committed(&site.store).pop().unwrap();
+    assert!(env.lines().any(|l| l == format!("ARTIFACT={artifact}")), "{env}");
+    let target = env.lines().find_map(|l| l.strip_prefix("DRILL_TARGET=")).expect("DRILL_TARGET");
+    let target: Value = serde_json::from_str(target).unwrap();
+    assert_eq!(target["deployment"], "cf-drill", "{target}");
+    let ids: Vec<&str> = target["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"db/0"), "{target}");
+}
+
 #[test]
 fn a_failed_smoke_check_fails_the_drill_and_prunes_nothing() {
     let site = Site::new();

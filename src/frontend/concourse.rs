@@ -6,7 +6,7 @@
 //! ([`crate::config`]), the same a task's `LOCKSTEP_CONFIG` holds.
 //!
 //! - `check`: committed artifacts of the deployment, oldest first, from the given version on
-//!   (it included while it exists); `[]` when there are none.
+//!   (it included while it exists; only the newest once it is gone); `[]` when there are none.
 //! - `in`: the version fetched into `$1` as a plain bbr artifact directory (decrypted,
 //!   decompressed, every file re-hashed against `metadata`), plus `version` and
 //!   `lockstep.json`. `params.skip_download: true` fetches only `metadata` and the marker.
@@ -133,11 +133,9 @@ pub async fn check(req: &Request) -> anyhow::Result<Value> {
         None => names.len().saturating_sub(1),
         Some(v) => match names.iter().position(|n| n == v) {
             Some(i) => i,
-            // The given version is gone (pruned): everything newer, or else the newest.
-            None => {
-                let newer = names.iter().position(|n| crate::artifact::parse_artifact_name(n).map(|x| x.1) > crate::artifact::parse_artifact_name(v).map(|x| x.1));
-                newer.unwrap_or(names.len().saturating_sub(1))
-            }
+            // The given version is gone (pruned): only the newest, as Concourse's resource
+            // contract asks of a version the resource cannot place.
+            None => names.len().saturating_sub(1),
         },
     };
     Ok(Value::Array(names.iter().skip(from).map(|n| version(n)).collect()))

@@ -44,6 +44,9 @@ pub enum RunAction {
     RestoreCleanup,
     /// List the deployment's committed artifacts, oldest first.
     List,
+    /// Print the target's deployment name and instances (id and address) as one JSON
+    /// line: what a smoke check may know, nothing secret.
+    Describe,
     /// Re-hash every file of an artifact (default: the newest) against its metadata.
     Verify {
         artifact: Option<String>,

@@ -222,6 +222,10 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             let (f, t) = service::run_cleanup(ctx, &cfg, Direction::Restore).await?;
             (f, t, "restore-cleanup")
         }
+        RunAction::Describe => {
+            println!("{}", service::describe_target(&cfg).await?);
+            return Ok(0);
+        }
         RunAction::List => {
             if let crate::config::StoreConfig::Local(dir) = &cfg.store {
                 local_store_must_exist(dir)?;
