@@ -197,6 +197,23 @@ fn an_intact_artifact_passes_and_a_half_record_fails_by_name() {
     let dest = tmp.path().join("got");
     let o = run(env!("CARGO_BIN_EXE_in"), &[dest.to_str().unwrap()], Some(&json!({"source": source, "version": {"artifact": base.name}})));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What a get wrote is readable by a task that does not run as root.
+    let mut stack = vec![dest.clone()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            if e.file_type().unwrap().is_dir() {
+                assert_eq!(mode, 0o755, "{}", e.path().display());
+                stack.push(e.path());
+            } else {
+                assert_eq!(mode, 0o644, "{}", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 4, "the get wrote {files} file(s)");
 
     for file in ["lockstep.json", "metadata"] {
         let tmp = TempDir::new().unwrap();

@@ -161,7 +161,34 @@ pub async fn get(ctx: &Ctx, req: &Request, dest: &Path) -> anyhow::Result<Value>
         let _ = m;
     }
     std::fs::write(dest.join("version"), format!("{name}\n"))?;
+    readable_by_tasks(dest)?;
     Ok(json!({ "version": version(&name), "metadata": artifact_metadata(&marker) }))
+}
+
+/// A get runs as root; the task that reads its output may not (an image's `USER`,
+/// `run.user`). The store writes privately (0600 files, 0700 directories, for local
+/// directories other users can reach); in the build's own volume, which only the build's
+/// containers mount, everything is made readable (0644, 0755), as s3-resource leaves it.
+/// Symlinks are not followed (the store never makes any).
+fn readable_by_tasks(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let mode = if kind.is_dir() {
+            0o755
+        } else if kind.is_file() {
+            0o644
+        } else {
+            continue;
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} readable", entry.path().display()))?;
+        if kind.is_dir() {
+            readable_by_tasks(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Value> {
