@@ -436,7 +436,7 @@ fn a_required_task_param_left_unset_is_caught() {
 #[test]
 fn a_task_file_or_image_the_job_never_fetches_is_caught() {
     // The drill job without its get of the image: neither the task file nor the image exist.
-    let r = broken("backup", "    - get: lockstep-image\n      timeout: 15m\n      passed: [backup]\n", "", |_| {});
+    let r = broken("backup", "    - get: lockstep-image\n      timeout: 15m\n      tags: ((worker_tags))\n      passed: [backup]\n", "", |_| {});
     assert_caught(&r, "task restore-drill): image is in 'lockstep-image', which no get, put or task output in job 'restore-drill' provides");
     assert_caught(&r, "tasks/restore-drill.yml is in 'lockstep-image'");
     // A misspelt task file.
@@ -451,7 +451,7 @@ fn a_task_file_or_image_the_job_never_fetches_is_caught() {
 fn broken_job_wiring_is_caught() {
     let r = broken("backup", "    passed: [restore-drill]\n", "    passed: [restore-dril]\n", |_| {});
     assert_caught(&r, "passed names unknown job 'restore-dril'");
-    let r = broken("director-backup", "  - put: prune\n    timeout: 1h\n    resource: director-backup\n", "  - put: prune\n    timeout: 1h\n    resource: director-backups\n", |_| {});
+    let r = broken("director-backup", "    tags: ((worker_tags))\n    resource: director-backup\n", "    tags: ((worker_tags))\n    resource: director-backups\n", |_| {});
     assert_caught(&r, "unknown resource 'director-backups'");
     let r = broken("backup", "- name: prune\n", "- name: restore-drill\n", |_| {});
     assert_caught(&r, "job 'restore-drill' appears more than once");
@@ -459,9 +459,10 @@ fn broken_job_wiring_is_caught() {
 
 /// A hung step must not hold a job (and, in a backup, the platform's lock) forever: every
 /// get, put and task step of the samples, hooks included, has a `timeout:` Concourse
-/// accepts (it aborts the step as an operator would: SIGTERM, then SIGKILL 10 s later).
+/// accepts (it aborts the step as an operator would: SIGTERM, then SIGKILL 10 s later), and
+/// the `tags:` var that sends it to workers that can reach the deployment.
 #[test]
-fn every_step_of_the_samples_has_a_timeout() {
+fn every_step_of_the_samples_has_a_timeout_and_the_tags_var() {
     for name in PIPELINES {
         let p = yaml(&read(&pipeline_path(name)));
         for job in p["jobs"].as_array().unwrap() {
@@ -471,6 +472,8 @@ fn every_step_of_the_samples_has_a_timeout() {
                 let at = format!("pipelines/{name}.yml job {} {kind} {}", job["name"], step[kind]);
                 let t = t.unwrap_or_else(|| panic!("{at}: no timeout"));
                 assert!(lockstep::config::parse_duration(t).is_ok_and(|d| d.as_secs() > 0), "{at}: timeout {t:?}");
+                // Workers need network reach to the deployment: every step takes the tags var.
+                assert_eq!(step.get("tags").and_then(Value::as_str), Some("((worker_tags))"), "{at}: tags");
             }
         }
     }
