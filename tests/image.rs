@@ -92,6 +92,12 @@ fn the_image_carries_a_working_resource_and_cli() {
     assert!(vol.join("got/db-0-postgres.tar").is_file());
     assert!(!format!("{out}{err}").contains(&server.secret));
 
+    // ci/image also wrote the same image as an OCI archive, for a push with skopeo.
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lockstep-image.oci.tar");
+    let listing = Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success() && names.lines().any(|l| l == "oci-layout") && names.lines().any(|l| l == "index.json"), "{names}");
+
     // The task image side: the CLI and a shell.
     let (ok, out, _) = podman(&vol, &[tag, "sh", "-c", "lockstep --version && ls /opt/resource"], "");
     assert!(ok && out.contains("lockstep") && out.contains("check") && out.contains("out"), "{out}");

@@ -105,7 +105,6 @@ fn documented_params(text: &str) -> Vec<(String, bool)> {
 #[test]
 fn every_task_file_is_valid_documented_and_matches_its_script() {
     let common = read(&repo().join("tasks/common.sh"));
-    let version = env!("CARGO_PKG_VERSION");
     for task in TASKS {
         let file = format!("tasks/{task}.yml");
         let text = read(&repo().join(&file));
@@ -114,11 +113,10 @@ fn every_task_file_is_valid_documented_and_matches_its_script() {
         assert!(r.errors.is_empty() && r.warnings.is_empty(), "{file}: {r:?}");
         assert_eq!(cfg["platform"], "linux", "{file}");
 
-        // The image: registry-image, the same repository everywhere, the crate's version.
-        let image = &cfg["image_resource"];
-        assert_eq!(image["type"], "registry-image", "{file}");
-        assert_eq!(image["source"]["repository"], "ghcr.io/lockstep/lockstep", "{file}");
-        assert_eq!(image["source"]["tag"], version, "{file}: the image tag is the crate's version");
+        // No default image: nothing publishes one, and a name someone else could claim would
+        // run their image with every secret. The step (or fly execute --image) gives it.
+        assert!(cfg.get("image_resource").is_none() && cfg.get("rootfs_uri").is_none(), "{file}: a default image");
+        assert!(text.contains("--image"), "{file}: say how to give the image");
 
         // It runs its own script, from the image.
         let path = cfg["run"]["path"].as_str().unwrap();
@@ -439,6 +437,9 @@ fn a_task_file_or_image_the_job_never_fetches_is_caught() {
     let r = broken("backup", "    - get: lockstep-image\n      timeout: 15m\n      tags: ((worker_tags))\n      passed: [backup]\n", "", |_| {});
     assert_caught(&r, "task restore-drill): image is in 'lockstep-image', which no get, put or task output in job 'restore-drill' provides");
     assert_caught(&r, "tasks/restore-drill.yml is in 'lockstep-image'");
+    // A task step without `image:`: the task files name none (no default image).
+    let r = broken("backup", "  - task: restore-drill\n    timeout: 12h\n    tags: ((worker_tags))\n    image: lockstep-image\n", "  - task: restore-drill\n    timeout: 12h\n    tags: ((worker_tags))\n", |_| {});
+    assert_caught(&r, "job restore-drill, task restore-drill: no image: lockstep-image/rootfs/opt/lockstep/tasks/restore-drill.yml names none and the step gives no `image:`");
     // A misspelt task file.
     let r = broken("backup", "tasks/restore-drill.yml", "tasks/restore-dril.yml", |_| {});
     assert_caught(&r, "task file lockstep-image/rootfs/opt/lockstep/tasks/restore-dril.yml");

@@ -290,6 +290,9 @@ impl Checker<'_> {
                     (Some(_), Some(_)) => self.report.error(format!("{here}: give either file or config, not both")),
                     (None, None) => self.report.error(format!("{here}: needs a file or a config")),
                     (None, Some(cfg)) => {
+                        if let Some(e) = missing_image(step, cfg, &here, "its config") {
+                            self.report.error(e);
+                        }
                         let r = check_task_config(cfg, &here);
                         for o in task_outputs(cfg, step) {
                             facts.artifacts.insert(o);
@@ -398,6 +401,9 @@ impl Checker<'_> {
         let r = check_task_config(cfg, &format!("task file {file}"));
         self.report.errors.extend(r.errors);
         self.report.warnings.extend(r.warnings);
+        if let Some(e) = missing_image(step, cfg, &here, file) {
+            self.report.error(e);
+        }
         // Every param the pipeline passes must be one the task declares.
         let declared: BTreeSet<String> = cfg.get("params").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         let passed: BTreeSet<String> = step.get("params").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
@@ -457,6 +463,13 @@ fn task_outputs(cfg: &Value, step: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A task runs in the step's `image:`, else its config's `image_resource` (or
+/// `rootfs_uri`); with neither, Concourse fails the build when the step starts.
+fn missing_image(step: &Value, cfg: &Value, here: &str, config: &str) -> Option<String> {
+    let named = step.get("image").is_some() || cfg.get("image_resource").is_some() || cfg.get("rootfs_uri").is_some();
+    (!named).then(|| format!("{here}: no image: {config} names none and the step gives no `image:`"))
+}
+
 /// Checks a task config (a task file's content, or a step's `config:`).
 pub fn check_task_config(cfg: &Value, at: &str) -> Report {
     let mut r = Report::default();
@@ -470,9 +483,6 @@ pub fn check_task_config(cfg: &Value, at: &str) -> Report {
     }
     if str_of(cfg, "platform").is_none() {
         r.error(format!("{at}: missing platform (e.g. platform: linux)"));
-    }
-    if obj.get("image_resource").is_none() && obj.get("rootfs_uri").is_none() {
-        r.warn(format!("{at}: no image_resource: the step must give an image"));
     }
     if let Some(img) = obj.get("image_resource") {
         if str_of(img, "type").is_none() {
