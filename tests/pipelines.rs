@@ -479,3 +479,50 @@ fn every_step_of_the_samples_has_a_timeout_and_the_tags_var() {
         }
     }
 }
+
+/// lockstep's own mistakes fail validation, not the first run after them: a typo in a
+/// lockstep resource's params key or action, a restore without its artifact, and a
+/// non-boolean where Concourse wants one (it refuses it at set-pipeline).
+#[test]
+fn lockstep_params_typos_and_wrong_types_are_caught() {
+    let r = broken("backup", "      action: prune\n", "      acton: prune\n", |_| {});
+    assert_caught(&r, "params: unknown key `acton` for a lockstep resource; allowed: action, artifact, unsafe_lock_free, dry_run");
+    let r = broken("backup", "      action: prune\n", "      action: prnue\n", |_| {});
+    assert_caught(&r, "params.action must be backup, restore or prune, not \"prnue\"");
+    let r = broken("backup", "    get_params:\n      skip_download: true\n", "    get_params:\n      skip_dowload: true\n", |_| {});
+    assert_caught(&r, "get_params: unknown key `skip_dowload` for a lockstep resource; allowed: skip_download, verify");
+    let r = broken("restore", "      action: restore\n      artifact: backup\n", "      action: restore\n", |_| {});
+    assert_caught(&r, "action: restore needs artifact");
+    let r = broken("backup", "      trigger: true\n", "      trigger: yes-please\n", |_| {});
+    assert_caught(&r, "trigger must be true or false, not \"yes-please\"");
+    let r = broken("backup", "  serial: true\n", "  serial: sure\n", |_| {});
+    assert_caught(&r, "job 'backup': serial must be true or false, not \"sure\"");
+}
+
+/// `--strict`, as fly's: warnings fail too. A top-level key that is no pipeline field (a YAML
+/// anchor key) is a warning, accepted without it and refused with it.
+#[test]
+fn strict_fails_on_warnings_as_fly_does() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("p.yml");
+    std::fs::write(
+        &file,
+        "anchors: &t {interval: 1h}\nresources:\n- name: t\n  type: time\n  source: *t\njobs:\n- name: j\n  plan:\n  - get: t\n    trigger: true\n",
+    )
+    .unwrap();
+    let run = |strict: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"));
+        c.arg("validate-pipeline").arg(&file);
+        if strict {
+            c.arg("--strict");
+        }
+        let o = c.output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = run(false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("top-level key 'anchors' is not a pipeline field"), "{err}");
+    let (code, err) = run(true);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 warning(s), which --strict treats as errors"), "{err}");
+}

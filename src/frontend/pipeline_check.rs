@@ -195,9 +195,60 @@ struct Checker<'a> {
     report: Report,
     resources: BTreeSet<String>,
     used_resources: BTreeSet<String>,
+    /// Resources of the type `lockstep`: their get and put params are checked with the
+    /// keys the resource's binaries accept.
+    lockstep_resources: BTreeSet<String>,
+}
+
+/// A value Concourse fills in later (`((var))`): its type cannot be checked here.
+fn is_var(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.trim_start().starts_with("((") && s.trim_end().ends_with("))"))
+}
+
+/// Concourse rejects a non-boolean here when the pipeline is set.
+fn check_bool(report: &mut Report, obj: &Map<String, Value>, key: &str, here: &str) {
+    if let Some(v) = obj.get(key) {
+        if !v.is_boolean() && !is_var(v) {
+            report.error(format!("{here}: {key} must be true or false, not {v}"));
+        }
+    }
 }
 
 impl Checker<'_> {
+    /// A lockstep resource's `params` and `get_params`, with the keys and values `in` and
+    /// `out` accept, so a typo fails here and not at run time (after the first backup).
+    fn lockstep_params(&mut self, kind: &str, obj: &Map<String, Value>, here: &str) {
+        use crate::frontend::concourse::{IN_PARAMS, OUT_PARAMS};
+        let mut keys = |field: &str, allowed: &[&str]| {
+            if let Some(m) = obj.get(field).and_then(Value::as_object) {
+                for k in m.keys().filter(|k| !allowed.contains(&k.as_str())) {
+                    self.report.error(format!("{here}: {field}: unknown key `{k}` for a lockstep resource; allowed: {}", allowed.join(", ")));
+                }
+            }
+        };
+        if kind == "get" {
+            keys("params", IN_PARAMS);
+            return;
+        }
+        keys("params", OUT_PARAMS);
+        keys("get_params", IN_PARAMS);
+        let params = obj.get("params").and_then(Value::as_object);
+        let action = params.and_then(|p| p.get("action"));
+        match action {
+            None => {}
+            Some(v) if is_var(v) => {}
+            Some(Value::String(a)) if ["backup", "prune"].contains(&a.as_str()) => {}
+            Some(Value::String(a)) if a == "restore" => {
+                if params.and_then(|p| p.get("artifact")).is_none() {
+                    self.report.error(format!(
+                        "{here}: action: restore needs artifact (the input holding what a get fetched, or a version's name)"
+                    ));
+                }
+            }
+            Some(other) => self.report.error(format!("{here}: params.action must be backup, restore or prune, not {other}")),
+        }
+    }
+
     fn step(&mut self, step: &Value, at: &str, facts: &mut JobFacts) {
         let Some(obj) = step.as_object() else {
             self.report.error(format!("{at}: a step must be a map"));
@@ -265,6 +316,10 @@ impl Checker<'_> {
                 let resource = str_of(step, "resource").unwrap_or(&name).to_string();
                 if !self.resources.contains(&resource) {
                     self.report.error(format!("{here}: unknown resource '{resource}'"));
+                }
+                check_bool(&mut self.report, obj, if kind == "get" { "trigger" } else { "no_get" }, &here);
+                if self.lockstep_resources.contains(&resource) {
+                    self.lockstep_params(kind, obj, &here);
                 }
                 self.used_resources.insert(resource.clone());
                 facts.resources.insert(resource.clone());
@@ -593,10 +648,17 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
         }
     }
 
-    let mut checker = Checker { opts, report, resources: resource_names.clone(), used_resources: BTreeSet::new() };
+    let lockstep_resources =
+        resources.iter().filter(|r| str_of(r, "type") == Some("lockstep")).filter_map(|r| str_of(r, "name").map(str::to_string)).collect();
+    let mut checker = Checker { opts, report, resources: resource_names.clone(), used_resources: BTreeSet::new(), lockstep_resources };
     let mut all_facts: BTreeMap<String, JobFacts> = BTreeMap::new();
     for job in &jobs {
         let Some(name) = str_of(job, "name") else { continue };
+        if let Some(o) = job.as_object() {
+            for key in ["serial", "public", "interruptible", "disable_manual_trigger"] {
+                check_bool(&mut checker.report, o, key, &format!("job '{name}'"));
+            }
+        }
         let mut facts = JobFacts::default();
         match job.get("plan").and_then(Value::as_array) {
             Some(plan) => {

@@ -426,6 +426,10 @@ pub struct ValidatePipelineArgs {
     /// Where task files live (default: the directory above the pipeline's).
     #[arg(long, value_name = "DIR")]
     pub repo_root: Option<PathBuf>,
+    /// Fail on warnings too, as `fly validate-pipeline --strict` does (top-level keys
+    /// that are no pipeline field, such as YAML anchor keys, are warnings).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]

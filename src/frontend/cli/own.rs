@@ -160,13 +160,17 @@ pub(super) async fn prune(PruneArgs { stores, artifact_path, deployment, keep_la
     Ok(code)
 }
 
-pub(super) async fn validate_pipeline(ValidatePipelineArgs { file, vars, repo_root }: ValidatePipelineArgs) -> anyhow::Result<i32> {
+pub(super) async fn validate_pipeline(ValidatePipelineArgs { file, vars, repo_root, strict }: ValidatePipelineArgs) -> anyhow::Result<i32> {
     let report = crate::frontend::pipeline_check::check_pipeline_file(&file, vars.as_deref(), repo_root.as_deref())?;
     for w in &report.warnings {
         eprintln!("WARNING: {w}");
     }
     for e in &report.errors {
         eprintln!("error: {e}");
+    }
+    if strict && report.is_ok() && !report.warnings.is_empty() {
+        eprintln!("{}: {} warning(s), which --strict treats as errors", file.display(), report.warnings.len());
+        return Ok(1);
     }
     if report.is_ok() {
         eprintln!("{}: looks good ({} warning(s))", file.display(), report.warnings.len());
