@@ -497,6 +497,20 @@ fn lockstep_params_typos_and_wrong_types_are_caught() {
     assert_caught(&r, "trigger must be true or false, not \"yes-please\"");
     let r = broken("backup", "  serial: true\n", "  serial: sure\n", |_| {});
     assert_caught(&r, "job 'backup': serial must be true or false, not \"sure\"");
+    // The resource's source, through the configuration parser the binaries use: with the
+    // vars, the whole of it (a nested typo, a wrong value); without, its top-level keys.
+    let r = broken("backup", "  compression: zstd\n", "  compresion: zstd\n", |_| {});
+    assert_caught(&r, "resource 'backup': source: unknown key `compresion`");
+    let r = broken("backup", "  compression: zstd\n", "  compression: lz4\n", |_| {});
+    assert_caught(&r, "resource 'backup': ");
+    assert_caught(&r, "lz4");
+    let r = broken("backup", "  region_name: ((backup_region))\n", "  regoin_name: ((backup_region))\n", |_| {});
+    assert_caught(&r, "resource 'backup': store: unknown key `regoin_name`");
+    let dir = tempfile::TempDir::new().unwrap();
+    let p = dir.path().join("pipeline.yml");
+    fs::write(&p, read(&pipeline_path("backup")).replacen("  compression: zstd\n", "  compresion: zstd\n", 1)).unwrap();
+    let r = check_pipeline_file(&p, None, Some(&repo())).unwrap();
+    assert_caught(&r, "resource 'backup': source: unknown key `compresion`; allowed keys: target, store, compression");
 }
 
 /// `--strict`, as fly's: warnings fail too. A top-level key that is no pipeline field (a YAML

@@ -200,6 +200,54 @@ struct Checker<'a> {
     lockstep_resources: BTreeSet<String>,
 }
 
+/// A lockstep resource's `source:` through the parser `check`, `in` and `out` use. With the
+/// vars (`-l`), the whole configuration, interpolated as Concourse interpolates a source
+/// (structured values); without them, its top-level keys (a `compresion:` typo).
+fn check_lockstep_source(report: &mut Report, name: &str, source: &Value, vars: Option<&Value>) {
+    let top = crate::config::SECTIONS.iter().find(|(s, _)| *s == "source").map(|(_, k)| *k).unwrap_or_default();
+    if let Some(vars) = vars {
+        let filled = interpolate(source, vars);
+        if vars_in_value(&filled).is_empty() {
+            // The parser names the section itself (`source: ...`, `store: ...`).
+            if let Err(e) = crate::config::Config::from_value(&filled) {
+                report.error(format!("resource '{name}': {e:#}"));
+            }
+            return;
+        }
+    }
+    if let Some(o) = source.as_object() {
+        for k in o.keys().filter(|k| !top.contains(&k.as_str())) {
+            report.error(format!("resource '{name}': source: unknown key `{k}`; allowed keys: {}", top.join(", ")));
+        }
+    }
+}
+
+/// Concourse's set-time interpolation of `-l` vars: a string that is one `((var))` becomes
+/// the var's value (any type); a var inside a longer string is replaced as text.
+fn interpolate(v: &Value, vars: &Value) -> Value {
+    match v {
+        Value::String(s) => {
+            let t = s.trim();
+            if let Some(name) = t.strip_prefix("((").and_then(|r| r.strip_suffix("))")).filter(|n| !n.contains("((")) {
+                if let Some(x) = vars.get(name.trim()) {
+                    return x.clone();
+                }
+            }
+            let mut out = s.clone();
+            for name in vars_in(s) {
+                if let Some(x) = vars.get(&name) {
+                    let text = x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
+                    out = out.replace(&format!("(({name}))"), &text);
+                }
+            }
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| interpolate(x, vars)).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), interpolate(x, vars))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A value Concourse fills in later (`((var))`): its type cannot be checked here.
 fn is_var(v: &Value) -> bool {
     v.as_str().is_some_and(|s| s.trim_start().starts_with("((") && s.trim_end().ends_with("))"))
@@ -648,8 +696,13 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
         }
     }
 
-    let lockstep_resources =
+    let lockstep_resources: BTreeSet<String> =
         resources.iter().filter(|r| str_of(r, "type") == Some("lockstep")).filter_map(|r| str_of(r, "name").map(str::to_string)).collect();
+    for r in resources.iter().filter(|r| str_of(r, "type") == Some("lockstep")) {
+        if let Some(source) = r.get("source") {
+            check_lockstep_source(&mut report, str_of(r, "name").unwrap_or("?"), source, opts.vars.as_ref());
+        }
+    }
     let mut checker = Checker { opts, report, resources: resource_names.clone(), used_resources: BTreeSet::new(), lockstep_resources };
     let mut all_facts: BTreeMap<String, JobFacts> = BTreeMap::new();
     for job in &jobs {
