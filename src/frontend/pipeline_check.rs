@@ -846,7 +846,7 @@ resources:
   source: {interval: 24h}
 - name: backups
   type: lockstep
-  source: {bucket: ((bucket))}
+  source: {store: {bucket: ((bucket))}}
 jobs:
 - name: backup
   serial: true
@@ -1006,7 +1006,7 @@ jobs:
     #[test]
     fn vars_in_comments_are_not_vars_and_unused_vars_are_warned() {
         let y = GOOD.replace("resources:\n", "# use ((commented)) here\nresources:\n");
-        let vars: Value = serde_saphyr::from_str("bucket: b\nstale: 1\n").unwrap();
+        let vars: Value = serde_saphyr::from_str("bucket: backups\nstale: 1\n").unwrap();
         let r = check_pipeline(&y, &Options { vars: Some(vars), repo_root: None });
         assert!(r.is_ok(), "{:?}", r.errors);
         assert_eq!(r.warnings, vec!["var 'stale' in the vars file is not used by the pipeline".to_string()]);
