@@ -13,6 +13,8 @@
 //! `<repo_root>/tasks/backup.yml`, or from the copies compiled into this module
 //! ([`LOCKSTEP_TASKS`]) when the repository is not at hand.
 
+mod lockstep_resource;
+
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -200,56 +202,8 @@ struct Checker<'a> {
     lockstep_resources: BTreeSet<String>,
 }
 
-/// A lockstep resource's `source:` through the parser `check`, `in` and `out` use. With the
-/// vars (`-l`), the whole configuration, interpolated as Concourse interpolates a source
-/// (structured values); without them, its top-level keys (a `compresion:` typo).
-fn check_lockstep_source(report: &mut Report, name: &str, source: &Value, vars: Option<&Value>) {
-    let top = crate::config::SECTIONS.iter().find(|(s, _)| *s == "source").map(|(_, k)| *k).unwrap_or_default();
-    if let Some(vars) = vars {
-        let filled = interpolate(source, vars);
-        if vars_in_value(&filled).is_empty() {
-            // The parser names the section itself (`source: ...`, `store: ...`).
-            if let Err(e) = crate::config::Config::from_value(&filled) {
-                report.error(format!("resource '{name}': {e:#}"));
-            }
-            return;
-        }
-    }
-    if let Some(o) = source.as_object() {
-        for k in o.keys().filter(|k| !top.contains(&k.as_str())) {
-            report.error(format!("resource '{name}': source: unknown key `{k}`; allowed keys: {}", top.join(", ")));
-        }
-    }
-}
-
-/// Concourse's set-time interpolation of `-l` vars: a string that is one `((var))` becomes
-/// the var's value (any type); a var inside a longer string is replaced as text.
-fn interpolate(v: &Value, vars: &Value) -> Value {
-    match v {
-        Value::String(s) => {
-            let t = s.trim();
-            if let Some(name) = t.strip_prefix("((").and_then(|r| r.strip_suffix("))")).filter(|n| !n.contains("((")) {
-                if let Some(x) = vars.get(name.trim()) {
-                    return x.clone();
-                }
-            }
-            let mut out = s.clone();
-            for name in vars_in(s) {
-                if let Some(x) = vars.get(&name) {
-                    let text = x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
-                    out = out.replace(&format!("(({name}))"), &text);
-                }
-            }
-            Value::String(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(|x| interpolate(x, vars)).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), interpolate(x, vars))).collect()),
-        other => other.clone(),
-    }
-}
-
 /// A value Concourse fills in later (`((var))`): its type cannot be checked here.
-fn is_var(v: &Value) -> bool {
+pub(crate) fn is_var(v: &Value) -> bool {
     v.as_str().is_some_and(|s| s.trim_start().starts_with("((") && s.trim_end().ends_with("))"))
 }
 
@@ -263,40 +217,6 @@ fn check_bool(report: &mut Report, obj: &Map<String, Value>, key: &str, here: &s
 }
 
 impl Checker<'_> {
-    /// A lockstep resource's `params` and `get_params`, with the keys and values `in` and
-    /// `out` accept, so a typo fails here and not at run time (after the first backup).
-    fn lockstep_params(&mut self, kind: &str, obj: &Map<String, Value>, here: &str) {
-        use crate::frontend::concourse::{IN_PARAMS, OUT_PARAMS};
-        let mut keys = |field: &str, allowed: &[&str]| {
-            if let Some(m) = obj.get(field).and_then(Value::as_object) {
-                for k in m.keys().filter(|k| !allowed.contains(&k.as_str())) {
-                    self.report.error(format!("{here}: {field}: unknown key `{k}` for a lockstep resource; allowed: {}", allowed.join(", ")));
-                }
-            }
-        };
-        if kind == "get" {
-            keys("params", IN_PARAMS);
-            return;
-        }
-        keys("params", OUT_PARAMS);
-        keys("get_params", IN_PARAMS);
-        let params = obj.get("params").and_then(Value::as_object);
-        let action = params.and_then(|p| p.get("action"));
-        match action {
-            None => {}
-            Some(v) if is_var(v) => {}
-            Some(Value::String(a)) if ["backup", "prune"].contains(&a.as_str()) => {}
-            Some(Value::String(a)) if a == "restore" => {
-                if params.and_then(|p| p.get("artifact")).is_none() {
-                    self.report.error(format!(
-                        "{here}: action: restore needs artifact (the input holding what a get fetched, or a version's name)"
-                    ));
-                }
-            }
-            Some(other) => self.report.error(format!("{here}: params.action must be backup, restore or prune, not {other}")),
-        }
-    }
-
     fn step(&mut self, step: &Value, at: &str, facts: &mut JobFacts) {
         let Some(obj) = step.as_object() else {
             self.report.error(format!("{at}: a step must be a map"));
@@ -367,7 +287,7 @@ impl Checker<'_> {
                 }
                 check_bool(&mut self.report, obj, if kind == "get" { "trigger" } else { "no_get" }, &here);
                 if self.lockstep_resources.contains(&resource) {
-                    self.lockstep_params(kind, obj, &here);
+                    self.report.errors.extend(lockstep_resource::params_errors(kind, obj, &here));
                 }
                 self.used_resources.insert(resource.clone());
                 facts.resources.insert(resource.clone());
@@ -700,7 +620,7 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
         resources.iter().filter(|r| str_of(r, "type") == Some("lockstep")).filter_map(|r| str_of(r, "name").map(str::to_string)).collect();
     for r in resources.iter().filter(|r| str_of(r, "type") == Some("lockstep")) {
         if let Some(source) = r.get("source") {
-            check_lockstep_source(&mut report, str_of(r, "name").unwrap_or("?"), source, opts.vars.as_ref());
+            report.errors.extend(lockstep_resource::source_errors(str_of(r, "name").unwrap_or("?"), source, opts.vars.as_ref()));
         }
     }
     let mut checker = Checker { opts, report, resources: resource_names.clone(), used_resources: BTreeSet::new(), lockstep_resources };
