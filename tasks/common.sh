@@ -71,6 +71,20 @@ explain_exit() {
   } >&2
 }
 
+# only_records DIR: succeed when DIR holds only what a get with skip_download writes
+# (version, metadata, lockstep.json): the artifact itself is then read from the store.
+only_records() {
+  [ -f "$1/version" ] || return 1
+  for _f in "$1"/* "$1"/.[!.]*; do
+    [ -e "$_f" ] || continue
+    case "${_f##*/}" in
+      version | metadata | lockstep.json) ;;
+      *) return 1 ;;
+    esac
+  done
+  return 0
+}
+
 # find_artifact_dir DIR: print the bbr artifact directory in DIR (DIR itself when it holds
 # `metadata`, as a `get` of the lockstep resource leaves it, else its only subdirectory that
 # does), or fail.

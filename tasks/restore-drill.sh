@@ -10,7 +10,13 @@ LOCKSTEP_CONFIG=$DRILL_CONFIG
 export LOCKSTEP_CONFIG
 
 artifact=${ARTIFACT:-}
-if [ -d artifact ] && [ -z "$artifact" ]; then
+if [ -d artifact ] && [ -z "$artifact" ] && only_records artifact; then
+  # A get with skip_download: the version's name, the artifact streamed from the store.
+  artifact=$(cat artifact/version)
+  ARTIFACT_DIR=
+  echo "Drill: restoring $artifact from DRILL_CONFIG's store into the scratch deployment (streamed: nothing of it on this worker's disk)." >&2
+  set -- restore --drill --artifact "$artifact"
+elif [ -d artifact ] && [ -z "$artifact" ]; then
   ARTIFACT_DIR=$(find_artifact_dir artifact)
   echo "Drill: restoring the artifact directory $ARTIFACT_DIR into the scratch deployment." >&2
   set -- restore --drill -a "$ARTIFACT_DIR"

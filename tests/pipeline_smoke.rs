@@ -415,6 +415,21 @@ impl Site {
     }
 }
 
+/// No step's working directory ever held a whole artifact: only records and versions.
+fn assert_no_artifact_on_workers(site: &Site) {
+    let mut stack = vec![site.work.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                assert!(!name.contains(".tar"), "a worker held an artifact: {}", e.path().display());
+            }
+        }
+    }
+}
+
 fn assert_ran(r: &Runner, expected: &[&str]) {
     assert_eq!(r.journal, expected.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "log:\n{}", r.log);
 }
@@ -434,6 +449,8 @@ fn the_backup_pipeline_backs_up_drills_and_prunes() {
     let drilled: Vec<_> = data_of(&site.drill).into_iter().map(|(_, d)| d).collect();
     assert_eq!(drilled, before.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>());
     assert!(r.log.contains("Drill: the smoke check passed."), "{}", r.log);
+    assert!(r.log.contains("from DRILL_CONFIG's store into the scratch deployment (streamed"), "{}", r.log);
+    assert_no_artifact_on_workers(&site);
     assert_eq!(r.run_job("prune"), Some(true), "{}", r.log);
     assert_eq!(committed(&site.store), first, "one backup: nothing to prune");
     assert_ran(
@@ -549,6 +566,8 @@ fn the_restore_pipeline_restores_the_pinned_version() {
     assert_eq!(r.run_job("restore"), Some(true), "{}", r.log);
     assert_ran(&r, &["restore/get backup ok", "restore/put restore ok"]);
     assert_eq!(data_of(&site.deployment), backed_up, "the deployment holds the pinned backup's data again");
+    assert!(r.log.contains("streamed (the get fetched only its records)"), "{}", r.log);
+    assert_no_artifact_on_workers(&site);
 }
 
 #[test]

@@ -165,6 +165,18 @@ pub async fn get(ctx: &Ctx, req: &Request, dest: &Path) -> anyhow::Result<Value>
     Ok(json!({ "version": version(&name), "metadata": artifact_metadata(&marker) }))
 }
 
+/// Whether a get's directory holds only what `skip_download` writes (the version and the
+/// records), so the artifact itself is to be read from the store.
+pub fn fetched_only_records(dir: &Path) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name();
+        if ![METADATA_FILE, MARKER_FILE, "version"].iter().any(|f| name == *f) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A get runs as root; the task that reads its output may not (an image's `USER`,
 /// `run.user`). The store writes privately (0600 files, 0700 directories, for local
 /// directories other users can reach); in the build's own volume, which only the build's
@@ -219,12 +231,19 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
             let dir = sources.join(&input);
             if !dir.join(METADATA_FILE).is_file() {
                 bail!(
-                    "{} holds no artifact: params.artifact must name a `get` of this resource in the same job, and the get must not use skip_download",
+                    "{} holds no artifact: params.artifact must name a `get` of this resource in the same job",
                     dir.display()
                 );
             }
             let name = std::fs::read_to_string(dir.join("version")).map(|s| s.trim().to_string()).unwrap_or(input.clone());
-            let out = service::restore_from_dir(ctx, &req.config, &dir, false).await?;
+            // A get with skip_download left only the version and its records: the restore
+            // streams the artifact from the store, and no worker holds it on disk.
+            let out = if fetched_only_records(&dir)? {
+                ctx.info(format!("Restoring {name} from {}, streamed (the get fetched only its records)", req.config.store.describe()));
+                service::restore_from_store(ctx, &req.config, &name, false).await?
+            } else {
+                service::restore_from_dir(ctx, &req.config, &dir, false).await?
+            };
             eprint!("{}", timings_table(&out.timings));
             service::ensure_ok(&out.failures, "the restore")?;
             let deployment = req.config.deployment_name().unwrap_or("").to_string();
