@@ -83,6 +83,8 @@ async fn collect_left_unlocks(ctx: &Ctx, dep: &Deployment, failures: &mut Failur
     }
     ctx.info(format!("{} unlock script(s) started by a stopped run: waiting for them (at most {})", left.len(), humantime::format_duration(LEFT_UNLOCK_WAIT)));
     let mut runs: Vec<(InstanceRef, String)> = left.iter().map(|(inst, (run, _, _))| (inst.clone(), run.clone())).collect();
+    // One removal per instance and run, whatever order the instances listed them in.
+    runs.sort_by(|a, b| (a.0.id(), &a.1).cmp(&(b.0.id(), &b.1)));
     runs.dedup_by(|a, b| a.0.id() == b.0.id() && a.1 == b.1);
     let results = bounded(ctx.max_in_flight, left, |(inst, (run, job, kind))| async move {
         let what = format!("{kind} for job {job} on {}, started by stopped run {run}", inst.id());
