@@ -200,6 +200,25 @@ async fn a_lock_window_past_its_ceiling_is_ended_with_the_holding_script_named()
     assert_eq!(out.failures.exit_code(), 1, "{report}");
 }
 
+/// An unlock that does not end within `owed_wait` is left running (detached, on its
+/// instance) and reported as an unlock failure; the run does not wait for it forever.
+#[tokio::test]
+async fn an_unlock_past_the_owed_wait_is_left_running_and_reported() {
+    let w = World::new();
+    w.fault(Some(DB), script(PostBackupUnlock, Some("postgres")), Action::Hang(std::time::Duration::from_secs(600)));
+    let mut ctx = w.ctx();
+    ctx.owed_wait = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let out = backup(&ctx, &w.target(), &w.store, &BackupOptions::default()).await;
+    let report = out.failures.render();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(out.failures.has(FailureKind::Unlock), "{report}");
+    assert!(report.contains("post-backup-unlock for job postgres on db/0") && report.contains("still running after 1s"), "{report}");
+    assert!(report.contains("run backup-cleanup"), "{report}");
+    // The other levels were unlocked.
+    assert!(!w.locked(API, "cloud_controller") && !w.locked(BLOB, "blobstore"));
+}
+
 /// A panic in the drain (after unlock): the backup fails, nothing is committed, and the
 /// run still reaches its end (the store's partial artifact is discarded).
 #[tokio::test]

@@ -34,15 +34,27 @@ async fn owed(ctx: &Ctx, run: &str, inst: &InstanceRef, job: &str, kind: ScriptK
     for attempt in 1.. {
         // A second attempt finds the script started by the first (if it got that far) and
         // waits for its end instead of running it again.
-        let e = match timed_script(ctx, inst, job, kind, caught(inst.run_owed(run, job, kind, env, true))).await {
+        // Past owed_wait the wait ends (dropping it stops only the waiting command); the
+        // script itself goes on, detached, and a cleanup collects it.
+        let waited = async {
+            match tokio::time::timeout(ctx.owed_wait, caught(inst.run_owed(run, job, kind, env, true))).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!(
+                    "still running after {}: left running on the instance, which may still be locked; run {} to collect it",
+                    humantime::format_duration(ctx.owed_wait),
+                    cleanup_command(kind)
+                )),
+            }
+        };
+        let e = match timed_script(ctx, inst, job, kind, waited).await {
             Err(e) if e.is::<Unanswered>() => e,
             done => return done,
         };
         if attempt >= OWED_ATTEMPTS || ctx.cancelled() {
-            let cleanup = if kind == ScriptKind::PostRestoreUnlock { "restore-cleanup" } else { "backup-cleanup" };
             return Err(e.context(format!(
-                "no answer after {attempt} attempt(s): {job} on {} may still be locked; once the instance answers, run {cleanup}",
-                inst.id()
+                "no answer after {attempt} attempt(s): {job} on {} may still be locked; once the instance answers, run {}",
+                inst.id(),
+                cleanup_command(kind)
             )));
         }
         ctx.warn(format!(
@@ -55,6 +67,11 @@ async fn owed(ctx: &Ctx, run: &str, inst: &InstanceRef, job: &str, kind: ScriptK
         wait *= 2;
     }
     unreachable!("the loop returns")
+}
+
+/// The command that finishes what a run of `kind` left.
+fn cleanup_command(kind: ScriptKind) -> &'static str {
+    if kind == ScriptKind::PostRestoreUnlock { "restore-cleanup" } else { "backup-cleanup" }
 }
 
 /// How the scripts of a phase run.

@@ -38,6 +38,7 @@ impl LockWindow {
             max_in_flight: ctx.max_in_flight,
             bbr_version: ctx.bbr_version.clone(),
             label: ctx.label.clone(),
+            owed_wait: ctx.owed_wait,
         };
         let held = held_by.clone();
         let timer = tokio::spawn(async move {

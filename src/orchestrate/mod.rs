@@ -43,11 +43,25 @@ pub struct Ctx {
     /// Set when several deployments run at once (`--all-deployments`): the name put
     /// before this run's report lines (its events are labelled by the sink).
     pub label: Option<String>,
+    /// How long a run waits for one owed script (an unlock) to end; past it the script is
+    /// left running on its instance and reported as an unlock failure.
+    pub owed_wait: Duration,
 }
+
+/// [`Ctx::owed_wait`]'s default: the platform guide's slowest unlock (Cloud Controller)
+/// takes about 3 minutes; an hour is a hang.
+pub const DEFAULT_OWED_WAIT: Duration = Duration::from_secs(3600);
 
 impl Ctx {
     pub fn new(events: Arc<dyn EventSink>) -> Self {
-        Ctx { events, cancel: CancellationToken::new(), max_in_flight: 10, bbr_version: BBR_COMPAT_VERSION.into(), label: None }
+        Ctx {
+            events,
+            cancel: CancellationToken::new(),
+            max_in_flight: 10,
+            bbr_version: BBR_COMPAT_VERSION.into(),
+            label: None,
+            owed_wait: DEFAULT_OWED_WAIT,
+        }
     }
     pub fn info(&self, msg: impl Into<String>) {
         self.events.emit(Event::Info(msg.into()));

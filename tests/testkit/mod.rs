@@ -206,6 +206,10 @@ impl Instance for FaultyInstance {
         match self.enter(Op::Script { job: job.into(), kind, env: env.to_vec() }) {
             Some(Action::Fail(m)) => fail(&m),
             Some(Action::Panic(m)) => panic!("{m}"),
+            Some(Action::Hang(d)) => {
+                tokio::time::sleep(d).await;
+                self.inner.run_owed(run, job, kind, env, true).await
+            }
             Some(Action::FailAfter(m)) => {
                 self.inner.run_owed(run, job, kind, env, true).await?;
                 fail(&m)
