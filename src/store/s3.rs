@@ -75,7 +75,6 @@ impl std::fmt::Debug for S3Store {
     }
 }
 
-/// Reads `ca_bundle`: PEM text, or a path to a PEM file.
 /// `ca_bundle`'s PEM text: the text itself, or the file it names.
 fn ca_pem(bundle: &str) -> anyhow::Result<Vec<u8>> {
     if bundle.contains("-----BEGIN") {
@@ -85,8 +84,9 @@ fn ca_pem(bundle: &str) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
-    let certs = Certificate::from_pem_bundle(&ca_pem(bundle)?).context("ca_bundle is not a PEM certificate bundle")?;
+/// The certificates of `ca_bundle`'s PEM text, for the store's client.
+fn ca_certificates(pem: &[u8]) -> anyhow::Result<Vec<Certificate>> {
+    let certs = Certificate::from_pem_bundle(pem).context("ca_bundle is not a PEM certificate bundle")?;
     if certs.is_empty() {
         anyhow::bail!("ca_bundle holds no certificate");
     }
@@ -95,15 +95,14 @@ fn ca_certificates(bundle: &str) -> anyhow::Result<Vec<Certificate>> {
 
 /// An HTTP client that trusts what the store's client trusts, for what `object_store` does
 /// not send itself: the open-uploads listing and STS's AssumeRole.
-fn uploads_client(c: &S3Config) -> anyhow::Result<reqwest::Client> {
+/// `ca_pem` is `ca_bundle`'s text, already read (and checked) for the store's client.
+fn uploads_client(c: &S3Config, ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(c.request_timeout_duration()?)
         .danger_accept_invalid_certs(c.skip_ssl_verification);
-    if let Some(bundle) = &c.ca_bundle {
-        for cert in reqwest::Certificate::from_pem_bundle(&ca_pem(bundle)?).context("ca_bundle is not a PEM certificate bundle")? {
-            b = b.add_root_certificate(cert);
-        }
+    for cert in ca_pem.map(reqwest::Certificate::from_pem_bundle).transpose().context("ca_bundle is not a PEM certificate bundle")?.into_iter().flatten() {
+        b = b.add_root_certificate(cert);
     }
     b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))
 }
@@ -149,7 +148,9 @@ impl S3Store {
                 None => b.with_config(AmazonS3ConfigKey::Token, ""),
             };
         }
-        let http = uploads_client(c)?;
+        // Read once: both clients trust it.
+        let ca = c.ca_bundle.as_deref().map(ca_pem).transpose()?;
+        let http = uploads_client(c, ca.as_deref())?;
         if let Some(role) = &c.aws_role_arn {
             b = b.with_credentials(Arc::new(super::assume_role::AssumedRole::new(c, role, http.clone())?));
         }
@@ -180,8 +181,8 @@ impl S3Store {
             .with_timeout(c.request_timeout_duration()?)
             .with_allow_invalid_certificates(c.skip_ssl_verification)
             .with_allow_http(c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
-        if let Some(bundle) = &c.ca_bundle {
-            for cert in ca_certificates(bundle)? {
+        if let Some(pem) = &ca {
+            for cert in ca_certificates(pem)? {
                 opts = opts.with_root_certificate(cert);
             }
         }
@@ -205,6 +206,16 @@ impl S3Store {
 
     fn full_key(&self, key: &str) -> String {
         if self.config.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.config.prefix) }
+    }
+
+    /// The store's key of a full key in the bucket (the inverse of `full_key`); `None` for
+    /// a key outside the store's prefix.
+    fn store_key<'k>(&self, full: &'k str) -> Option<&'k str> {
+        if self.config.prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(self.config.prefix.as_str())?.strip_prefix('/')
+        }
     }
 
     fn path(&self, key: &str) -> anyhow::Result<Path> {
@@ -701,13 +712,12 @@ impl Store for S3Store {
             None => &full[..0],
         };
         let dir_path = if dir.is_empty() { None } else { Some(Path::parse(dir).map_err(|e| anyhow!("invalid prefix {prefix:?}: {e}"))?) };
-        let strip = if self.config.prefix.is_empty() { String::new() } else { format!("{}/", self.config.prefix) };
         let mut out: Vec<ObjectInfo> = self
             .inner
             .list(dir_path.as_ref())
             .map_err(|e| self.explain(e, &format!("listing {}", self.describe())))
             .try_filter_map(|meta| {
-                let key = meta.location.as_ref().strip_prefix(strip.as_str()).map(str::to_string);
+                let key = self.store_key(meta.location.as_ref()).map(str::to_string);
                 futures::future::ready(Ok(key.filter(|k| k.starts_with(prefix)).map(|key| ObjectInfo { key, size: meta.size })))
             })
             .try_collect()
@@ -719,10 +729,9 @@ impl Store for S3Store {
     async fn abort_open_uploads(&self, prefix: &str, keep: &(dyn for<'k> Fn(&'k str) -> bool + Send + Sync)) -> anyhow::Result<usize> {
         use object_store::multipart::MultipartStore;
         self.settle().await;
-        let strip = if self.config.prefix.is_empty() { String::new() } else { format!("{}/", self.config.prefix) };
         let mut aborted = 0;
         for u in super::s3_uploads::list(&self.s3, &self.http, &self.full_key(prefix)).await.with_context(|| self.describe())? {
-            let Some(key) = u.key.strip_prefix(strip.as_str()) else { continue };
+            let Some(key) = self.store_key(&u.key) else { continue };
             if keep(key) {
                 continue;
             }
