@@ -33,16 +33,21 @@ fn base() -> &'static Base {
         let deployed = create_deployment(&dir.path().join("dep"), true).unwrap();
         let store = dir.path().join("store");
         std::fs::create_dir(&store).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let out = rt.block_on(backup(
-            &Ctx::new(Arc::new(Recorder::default())),
-            &LocalTarget::new("demo", deployed),
-            &LocalStore::new(&store),
-            &BackupOptions::default(),
-        ));
-        assert!(out.failures.is_empty(), "{}", out.failures.render());
-        Base { name: out.artifact.unwrap(), store, _dir: dir }
+        Base { name: backup_demo(&deployed, &store), store, _dir: dir }
     })
+}
+
+/// Backs the demo deployment up into the local store `store`; the artifact's name.
+fn backup_demo(deployed: &[(lockstep::model::InstanceId, String)], store: &Path) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(backup(
+        &Ctx::new(Arc::new(Recorder::default())),
+        &LocalTarget::new("demo", deployed.to_vec()),
+        &LocalStore::new(store),
+        &BackupOptions::default(),
+    ));
+    assert!(out.failures.is_empty(), "{}", out.failures.render());
+    out.artifact.expect("committed")
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -247,17 +252,10 @@ fn check_from_a_pruned_version_gives_only_the_newest() {
     copy_tree(&base.store, &store);
     // Two more backups of the same deployment, a second apart (names are per second).
     let deployed = create_deployment(&tmp.path().join("dep"), true).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let mut names = vec![base.name.clone()];
     for _ in 0..2 {
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let out = rt.block_on(backup(
-            &Ctx::new(Arc::new(Recorder::default())),
-            &LocalTarget::new("demo", deployed.clone()),
-            &LocalStore::new(&store),
-            &BackupOptions::default(),
-        ));
-        names.push(out.artifact.expect("committed"));
+        names.push(backup_demo(&deployed, &store));
     }
     let source = json!({"store": {"path": store}, "target": {"local": {"name": "demo", "instances": {}}}});
     let check = |version: Option<&str>| -> Value {
