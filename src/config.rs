@@ -26,6 +26,8 @@
 //! Errors name the bad key and list the allowed ones. Nothing here prints a secret: the
 //! types holding them implement `Debug` by hand.
 
+pub mod from_env;
+
 use crate::store::codec::{Codec, Compression, Identities};
 use crate::target::{HostsTarget, Inventory, SshOptions};
 use crate::model::InstanceId;
@@ -348,16 +350,29 @@ impl TargetConfig {
 }
 
 impl Config {
-    /// Parses JSON or YAML text.
+    /// Parses JSON or YAML text, as the tasks and `lockstep run` read it: `{from_env: NAME}`
+    /// values come from this process's environment ([`from_env`]).
     pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse_with_env(text, &|name: &str| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with the environment given.
+    pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => serde_saphyr::from_str(text).map_err(|e| anyhow!("the configuration is neither valid JSON nor valid YAML: {}", e.without_snippet()))?,
         };
-        Config::from_value(&value)
+        Config::from_plain_value(&from_env::resolve(&value, &from_env::Env::Lookup(env))?)
     }
 
+    /// A resource's `source:`: Concourse has interpolated every ((var)) into it as a
+    /// structured value, and `{from_env: ...}` is refused (its environment is not the
+    /// operator's).
     pub fn from_value(v: &Value) -> anyhow::Result<Config> {
+        Config::from_plain_value(&from_env::resolve(v, &from_env::Env::Refused)?)
+    }
+
+    fn from_plain_value(v: &Value) -> anyhow::Result<Config> {
         let obj = object(v, "the configuration")?;
         check_keys(obj, TOP_KEYS, "source")?;
         let target = obj.get("target").map(TargetConfig::parse).transpose()?;
@@ -515,6 +530,27 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn from_env_fills_a_task_config_and_a_source_refuses_it() {
+        let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n";
+        let instances = r#"[{"group":"api","index":0,"address":"10.0.0.5","username":"vcap"}]"#;
+        let env = |n: &str| match n {
+            "KEY" => Some(pem.to_string()),
+            "INSTANCES" => Some(instances.to_string()),
+            "SECRET" => Some("s3cr3t".to_string()),
+            _ => None,
+        };
+        let text = "target: {hosts: {name: cf, private_key: {from_env: KEY}, instances: {from_env: INSTANCES}}}\n\
+                    store: {bucket: bkt, access_key_id: k, secret_access_key: {from_env: SECRET}}\n";
+        let c = Config::parse_with_env(text, &env).unwrap();
+        assert_eq!(c.deployment_name(), Some("cf"));
+        let Some(TargetConfig::Hosts { inventory, .. }) = &c.target else { panic!("hosts target") };
+        let inv = Inventory::parse(inventory).unwrap();
+        assert!(matches!(&inv.instances[0].key, crate::transport::ssh::KeySource::Pem(k) if k == pem));
+        let source: Value = serde_saphyr::from_str(text).unwrap();
+        assert!(format!("{:#}", Config::from_value(&source).unwrap_err()).contains("not in a resource's source"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub struct Inventory {
 }
 
 /// The keys of an inventory (docs/configuration.md lists them; a test keeps the two equal).
-pub const TOP_KEYS: &[&str] = &["name", "instances"];
+pub const TOP_KEYS: &[&str] = &["name", "instances", "private_key"];
 /// The keys of each entry of an inventory's `instances`.
 pub const INSTANCE_KEYS: &[&str] =
     &["group", "index", "address", "username", "private_key_path", "private_key", "host_public_key", "known_hosts_path"];
@@ -90,6 +90,9 @@ pub const INSTANCE_KEYS: &[&str] =
 struct RawInventory {
     name: Option<String>,
     instances: Option<Vec<RawInstance>>,
+    /// The SSH key of every instance that names none of its own: one secret for the whole
+    /// deployment, so a pipeline passes it as one task param and the instance list holds none.
+    private_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +152,10 @@ impl Inventory {
         }
         let mut seen: HashMap<InstanceId, usize> = HashMap::new();
         let mut instances = Vec::new();
-        for (i, r) in list.into_iter().enumerate() {
+        for (i, mut r) in list.into_iter().enumerate() {
+            if r.private_key.is_none() && r.private_key_path.is_none() {
+                r.private_key.clone_from(&raw.private_key);
+            }
             let spec = Self::instance(r).with_context(|| format!("invalid inventory: instances[{i}]"))?;
             if let Some(first) = seen.insert(spec.id.clone(), i) {
                 bail!("invalid inventory: instances[{i}]: {} is listed twice (also instances[{first}])", spec.id);
@@ -179,7 +185,7 @@ impl Inventory {
             (Some(p), None) => KeySource::Path(p),
             (None, Some(pem)) => KeySource::Pem(pem),
             (Some(_), Some(_)) => bail!("{ctx}: give either `private_key_path` or `private_key`, not both"),
-            (None, None) => bail!("{ctx}: missing the SSH key: give `private_key_path` or `private_key` (PEM)"),
+            (None, None) => bail!("{ctx}: missing the SSH key: give `private_key_path` or `private_key` (PEM), or `private_key` for every instance at the inventory's top"),
         };
         let host_key = match (r.host_public_key, r.known_hosts_path) {
             (Some(line), None) => HostKeyChoice::Pinned(
@@ -301,6 +307,17 @@ mod tests {
 
     fn err(body: &str) -> String {
         format!("{:#}", inv(body).unwrap_err())
+    }
+
+    #[test]
+    fn a_top_level_private_key_serves_every_instance_without_its_own() {
+        let i = inv("name: cf\nprivate_key: SHARED\ninstances:\n- {group: a, index: 0, address: h, username: u}\n\
+                     - {group: b, index: 0, address: h, username: u, private_key: OWN}\n- {group: c, index: 0, address: h, username: u, private_key_path: /k}\n")
+        .unwrap();
+        let keys: Vec<&KeySource> = i.instances.iter().map(|s| &s.key).collect();
+        assert!(matches!(keys[0], KeySource::Pem(k) if k == "SHARED"));
+        assert!(matches!(keys[1], KeySource::Pem(k) if k == "OWN"));
+        assert!(matches!(keys[2], KeySource::Path(_)));
     }
 
     #[test]
