@@ -7,8 +7,8 @@
 //! stdin and the directory as `$1`. Hooks run as Concourse runs them, and `passed:` versions
 //! flow from job to job.
 //!
-//! The configuration each pipeline writes once (its anchors) is replaced, wherever it is
-//! used, by one for a local target (directories made by `lockstep::frontend::demo::create_deployment`)
+//! The configuration each pipeline writes (the lockstep resource's source, the tasks'
+//! LOCKSTEP_CONFIG and DRILL_CONFIG) is replaced, wherever it is used, by one for a local target (directories made by `lockstep::frontend::demo::create_deployment`)
 //! and a local-directory store, so no server is needed. The same runner can drive the
 //! pipelines against the sshd fleet and an S3 server by giving it those configurations.
 
@@ -70,6 +70,25 @@ fn replace_values(v: &mut Value, from: &Value, to: &Value) {
     }
 }
 
+/// Sets `param` in every task step that passes it (hooks included); returns how many.
+fn set_task_param(v: &mut Value, param: &str, to: &Value) -> usize {
+    let mut n = 0;
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("task") {
+                if let Some(p) = m.get_mut("params").and_then(Value::as_object_mut).filter(|p| p.contains_key(param)) {
+                    p.insert(param.to_string(), to.clone());
+                    n += 1;
+                }
+            }
+            m.values_mut().for_each(|x| n += set_task_param(x, param, to));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| n += set_task_param(x, param, to)),
+        _ => {}
+    }
+    n
+}
+
 /// One pipeline, run job by job.
 struct Runner {
     pipeline: Value,
@@ -84,16 +103,24 @@ struct Runner {
 }
 
 impl Runner {
-    /// `name`'s pipeline with its example vars, each configuration in `configs` (as the
-    /// pipeline's anchors resolve, with the example vars) replaced by a local one.
+    /// `name`'s pipeline with its example vars, each configuration in `configs` replaced by
+    /// a local one: `lockstep_config` is the lockstep resource's source and every task's
+    /// LOCKSTEP_CONFIG, `drill_config` every task's DRILL_CONFIG.
     fn new(name: &str, work: &Path, configs: &[(&str, Value)], extra: &[(&str, Value)]) -> Runner {
         let mut pipeline = interpolated_pipeline(name);
-        let raw = yaml(&read(&pipeline_support::pipeline_path(name)));
         let vars = yaml(&read(&vars_path(name)));
-        for (anchor, local) in configs {
-            let production = pipeline_support::interpolate(&raw[*anchor], &vars);
-            assert!(!production.is_null(), "pipelines/{name}.yml has no anchor key {anchor}");
-            replace_values(&mut pipeline, &production, local);
+        for (role, local) in configs {
+            let param = match *role {
+                "lockstep_config" => {
+                    for r in pipeline["resources"].as_array_mut().unwrap().iter_mut().filter(|r| r["type"] == "lockstep") {
+                        r["source"] = local.clone();
+                    }
+                    "LOCKSTEP_CONFIG"
+                }
+                "drill_config" => "DRILL_CONFIG",
+                other => panic!("no configuration role {other}"),
+            };
+            assert!(set_task_param(&mut pipeline, param, local) > 0, "pipelines/{name}.yml: no task takes {param}");
         }
         for (var, value) in extra {
             let example = vars[*var].clone();

@@ -6,7 +6,7 @@
 
 mod pipeline_support;
 
-use lockstep::config::Config;
+use lockstep::config::{from_env, Config};
 use lockstep::frontend::pipeline_check::{check_pipeline_file, check_task_config, Report, LOCKSTEP_TASKS};
 use pipeline_support::{interpolate, pipeline_path, read, repo, vars_path, yaml};
 use serde_json::Value;
@@ -30,10 +30,10 @@ fn files_in(dir: &str, suffix: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Errors, and warnings other than the expected one about top-level anchor keys.
+/// Errors and warnings: the samples pass `--strict`, so neither may be there.
 fn problems(r: &Report) -> Vec<String> {
     let mut out = r.errors.clone();
-    out.extend(r.warnings.iter().filter(|w| !w.contains("is not a pipeline field (fine for YAML anchors)")).cloned());
+    out.extend(r.warnings.iter().cloned());
     out
 }
 
@@ -54,8 +54,6 @@ fn every_pipeline_validates_with_its_example_vars() {
     for name in PIPELINES {
         let r = check_pipeline_file(&pipeline_path(name), Some(&vars_path(name)), Some(&repo())).unwrap();
         assert!(problems(&r).is_empty(), "pipelines/{name}.yml: {:#?}", problems(&r));
-        // The validator looked at something: the anchors are reported as such.
-        assert!(r.warnings.iter().any(|w| w.contains("'lockstep_image'")), "{name}: {:?}", r.warnings);
     }
 }
 
@@ -139,8 +137,16 @@ fn every_task_file_is_valid_documented_and_matches_its_script() {
         assert_eq!(params.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>(), declared, "{file}: params block");
         for (name, documented) in &params {
             assert!(documented, "{file}: param {name} has no comment above it");
+            if from_env::TASK_PARAMS.contains(&name.as_str()) {
+                // Read by lockstep, where the configuration names it as {from_env: NAME}.
+                assert_eq!(cfg["params"][name.as_str()], "", "{file}: {name} is optional, empty by default");
+                continue;
+            }
             let used = format!("{script}{common}");
             assert!(used.contains(&format!("${{{name}")) || used.contains(&format!("${name}")), "{file}: {name} is never read");
+        }
+        for name in from_env::TASK_PARAMS {
+            assert!(declared.contains(*name), "{file}: declare {name} (empty) for the configuration to name");
         }
         assert!(declared.contains("LOCKSTEP_DEBUG"), "{file}: every task takes LOCKSTEP_DEBUG");
         // Required params (declared without a value) are exactly those the script requires.
@@ -231,6 +237,16 @@ fn all_steps(job: &Value) -> Vec<&Value> {
 /// The keys under which a lockstep configuration holds secrets.
 const SECRET_KEYS: &[&str] = &["private_key", "access_key_id", "secret_access_key", "session_token", "identity"];
 
+/// Every string in `v` with its dotted path (`[]` for list elements).
+fn leaves(v: &Value, at: &str) -> Vec<(String, String)> {
+    match v {
+        Value::String(s) => vec![(at.to_string(), s.clone())],
+        Value::Object(m) => m.iter().flat_map(|(k, x)| leaves(x, &format!("{at}.{k}"))).collect(),
+        Value::Array(a) => a.iter().flat_map(|x| leaves(x, &format!("{at}[]"))).collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn secrets_are_vars(v: &Value, at: &str) {
     match v {
         Value::Object(m) => {
@@ -270,6 +286,31 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
         let source = &resource["source"];
         secrets_are_vars(&raw["resources"].as_array().unwrap().iter().find(|r| r["type"] == "lockstep").unwrap()["source"], &here);
         let config = Config::from_value(source).unwrap_or_else(|e| panic!("{here}: the resource's source: {e:#}"));
+        // In the task steps as written, every secret param is exactly one ((var)), which
+        // Concourse passes whole, and no configuration holds a ((var)) for a secret or a
+        // list (which a credential manager would paste into its JSON as text).
+        for job in raw["jobs"].as_array().unwrap() {
+            let mut tasks = Vec::new();
+            for s in job["plan"].as_array().unwrap() {
+                task_steps(s, &mut tasks);
+            }
+            for t in tasks {
+                let params = t["params"].as_object().unwrap();
+                for (k, v) in params {
+                    if from_env::TASK_PARAMS.contains(&k.as_str()) {
+                        let text = v.as_str().unwrap_or_default();
+                        assert!(text.starts_with("((") && text.ends_with("))") && text.matches("((").count() == 1, "{here}: task {}: {k} is {v}, not one ((var))", t["task"]);
+                    } else if k.ends_with("_CONFIG") {
+                        for (at, x) in leaves(v, k) {
+                            let last = at.rsplit(['.', '[']).next().unwrap();
+                            if x.contains("((") {
+                                assert!(!SECRET_KEYS.contains(&last) && !from_env::takes_structure(&at[k.len() + 1..]), "{here}: task {}: {at} is {x}", t["task"]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let deployment = config.deployment_name().expect("a target").to_string();
 
         let mut drill_targets = Vec::new();
@@ -282,13 +323,19 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
             for t in tasks {
                 let tname = t["task"].as_str().unwrap();
                 let params = t["params"].as_object().unwrap();
+                // The task's configuration, resolved from the step's params as the task
+                // resolves it, says what the resource's source says.
+                let env = |n: &str| params.get(n).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                let resolve = |c: &Value| from_env::resolve(c, &from_env::Env::Lookup(&env)).unwrap_or_else(|e| panic!("{here}: job {jname}, task {tname}: {e:#}"));
                 if let Some(c) = params.get("LOCKSTEP_CONFIG") {
-                    assert_eq!(c, source, "{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG is not the resource's source");
+                    assert_eq!(&resolve(c), source, "{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG is not the resource's source");
+                    assert!(from_env::references(c).len() >= 3, "{here}: job {jname}, task {tname}: the secrets come from params");
                 }
                 if let Some(c) = params.get("DRILL_CONFIG") {
-                    let drill = Config::from_value(c).unwrap_or_else(|e| panic!("{here}: DRILL_CONFIG: {e:#}"));
+                    let drill = Config::from_value(&resolve(c)).unwrap_or_else(|e| panic!("{here}: DRILL_CONFIG: {e:#}"));
                     drill_targets.push(drill.deployment_name().unwrap().to_string());
                 }
+
                 assert_eq!(t["image"], "lockstep-image", "{here}: job {jname}, task {tname} runs in the pinned image");
             }
             // The resource's steps use the resource's interface.
@@ -321,7 +368,7 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
                 }
                 if resource_of("get").as_deref() == Some(resource_name) {
                     for k in s.get("params").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                        assert!(["skip_download", "verify"].contains(&k.as_str()), "{here}: get param {k}");
+                        assert!(["skip_download", "verify_only"].contains(&k.as_str()), "{here}: get param {k}");
                     }
                 }
             }
@@ -418,8 +465,8 @@ fn a_missing_var_is_caught() {
 fn a_task_param_the_task_does_not_declare_is_caught() {
     let r = broken(
         "backup",
-        "      DRILL_CONFIG: *drill_config\n",
-        "      DRILL_CONFIG: *drill_config\n      SMOKE_CHEK: \"true\"\n",
+        "      SMOKE_CHECK: ((drill_smoke_check))\n",
+        "      SMOKE_CHECK: ((drill_smoke_check))\n      SMOKE_CHEK: \"true\"\n",
         |_| {},
     );
     assert_caught(&r, "passes param SMOKE_CHEK that lockstep-image/rootfs/opt/lockstep/tasks/restore-drill.yml does not declare");
@@ -427,8 +474,35 @@ fn a_task_param_the_task_does_not_declare_is_caught() {
 
 #[test]
 fn a_required_task_param_left_unset_is_caught() {
-    let r = broken("director-backup", "    params:\n      LOCKSTEP_CONFIG: *config\n  - put:", "  - put:", |_| {});
+    let r = broken("director-backup", "    params: &task_params\n      LOCKSTEP_CONFIG:\n", "    params: &task_params\n      LOCKSTEP_CONFI:\n", |_| {});
     assert_caught(&r, "requires param LOCKSTEP_CONFIG (declared without a default), which the step does not set");
+}
+
+#[test]
+fn a_task_configuration_that_breaks_with_a_credential_manager_is_caught() {
+    // A from_env name the step does not set.
+    let r = broken("director-backup", "      LOCKSTEP_AGE_IDENTITY: ((age_identity))\n", "", |_| {});
+    assert_caught(&r, "job backup, task pre-backup-check: LOCKSTEP_CONFIG.encryption.identity is {from_env: LOCKSTEP_AGE_IDENTITY}, which the step's params do not set");
+    // A secret, or a list, pasted into the map: fine with -l, broken with CredHub; warned,
+    // so --strict fails.
+    let r = broken(
+        "restore",
+        "              instances: {from_env: LOCKSTEP_INSTANCES}\n",
+        "              instances: ((instances))\n",
+        |_| {},
+    );
+    assert!(r.warnings.iter().any(|w| w.contains("LOCKSTEP_CONFIG.target.hosts.instances is a ((var)) inside a map param")), "{:#?}", r.warnings);
+    let r = broken(
+        "director-backup",
+        "            private_key: {from_env: LOCKSTEP_SSH_PRIVATE_KEY}\n",
+        "            private_key: ((jumpbox_ssh.private_key))\n",
+        |_| {},
+    );
+    assert!(r.warnings.iter().any(|w| w.contains("LOCKSTEP_CONFIG.target.director.private_key is a secret ((var))")), "{:#?}", r.warnings);
+    // With the vars, the configuration is parsed as the task parses it.
+    let r = broken("backup", "        compression: zstd\n", "        compression: zstdd\n", |_| {});
+    assert_caught(&r, "job backup, task pre-backup-check: LOCKSTEP_CONFIG: ");
+    assert!(r.errors.iter().any(|e| e.contains("zstdd")), "{:#?}", r.errors);
 }
 
 #[test]

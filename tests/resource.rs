@@ -158,6 +158,29 @@ fn versions_backups_fetches_restores_and_prunes_over_ssh_and_s3() {
     ok("in", Some(&light), &json!({"source": source, "version": {"artifact": second}, "params": {"skip_download": true}}));
     assert!(light.join("metadata").is_file() && !light.join("db-0-postgres.tar").exists());
 
+    // get verify_only: every stored byte re-hashed, only the records written; a flipped
+    // byte in the store fails it, naming the file, and leaves no version behind.
+    let checked = tmp.path().join("checked");
+    let (_, e) = ok("in", Some(&checked), &json!({"source": source, "version": {"artifact": second}, "params": {"verify_only": true}}));
+    assert!(e.contains("every file matches its metadata"), "{e}");
+    let mut written: Vec<String> = fs::read_dir(&checked).unwrap().map(|d| d.unwrap().file_name().into_string().unwrap()).collect();
+    written.sort();
+    assert_eq!(written, ["lockstep.json", "metadata", "version"]);
+    let object = server.files().into_iter().find(|f| f.contains(&second) && f.contains("db-0-postgres")).expect("the db object");
+    let object = server.root.path().join(&object);
+    let intact = fs::read(&object).unwrap();
+    let mut flipped = intact.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    fs::write(&object, &flipped).unwrap();
+    let damaged = tmp.path().join("damaged");
+    let e = fails("in", Some(&damaged), &json!({"source": source, "version": {"artifact": second}, "params": {"verify_only": true}}));
+    assert!(e.contains("db-0-postgres"), "the failure names the damaged file: {e}");
+    assert!(!damaged.join("version").exists(), "a failed verification wrote a version");
+    fs::write(&object, &intact).unwrap();
+    let e = fails("in", Some(&damaged), &json!({"source": source, "version": {"artifact": second}, "params": {"verify_only": true, "skip_download": true}}));
+    assert!(e.contains("not both"), "{e}");
+
     // put restore from the fetched directory, after the platform lost its data.
     let before: Vec<_> = fleet.vms.iter().map(|vm| snapshot(&vm.root.join("var/vcap/store")).unwrap()).collect();
     for vm in &fleet.vms {

@@ -25,6 +25,24 @@ use serde_json::Value;
 /// The key that marks a reference.
 pub const KEY: &str = "from_env";
 
+/// The params every task file declares (empty) for its configuration to name: the
+/// conventional names, so a pipeline step can set them without Concourse's "defined in
+/// pipeline but missing from task file" warning, and `fly execute` fills them from the
+/// operator's environment.
+pub const TASK_PARAMS: &[&str] = &[
+    "LOCKSTEP_SSH_PRIVATE_KEY",
+    "LOCKSTEP_INSTANCES",
+    "LOCKSTEP_S3_ACCESS_KEY_ID",
+    "LOCKSTEP_S3_SECRET_ACCESS_KEY",
+    "LOCKSTEP_REPLICA_S3_ACCESS_KEY_ID",
+    "LOCKSTEP_REPLICA_S3_SECRET_ACCESS_KEY",
+    "LOCKSTEP_AGE_IDENTITY",
+    "LOCKSTEP_RETENTION",
+    "LOCKSTEP_BOSH_CLIENT_SECRET",
+    "LOCKSTEP_BOSH_CA_CERT",
+    "LOCKSTEP_ALL_PROXY_PRIVATE_KEY",
+];
+
 /// Keys (as dotted paths, `[]` for a list's elements) whose values are lists or maps: a
 /// reference there is read as JSON or YAML. Everywhere else its text is taken verbatim.
 const STRUCTURED: &[&str] = &[
@@ -52,6 +70,29 @@ pub enum Env<'a> {
     /// None: the Concourse resource's `source:`, whose container environment the pipeline
     /// does not set; a reference there is a mistake worth a clear message.
     Refused,
+}
+
+/// Whether the key at `path` (dotted, `[]` for list elements) takes a list or a map.
+pub fn takes_structure(path: &str) -> bool {
+    STRUCTURED.contains(&path)
+}
+
+/// Every well-formed `{from_env: NAME}` in `v`: (the key's path, NAME).
+pub fn references(v: &Value) -> Vec<(String, String)> {
+    fn walk(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        if let Ok(Some(name)) = reference(v, at) {
+            out.push((at.to_string(), name));
+            return;
+        }
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| walk(x, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") }, out)),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, &format!("{at}[]"), out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", &mut out);
+    out
 }
 
 /// Replaces every `{from_env: NAME}` in `v`.

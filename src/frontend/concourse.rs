@@ -9,7 +9,8 @@
 //!   (it included while it exists; only the newest once it is gone); `[]` when there are none.
 //! - `in`: the version fetched into `$1` as a plain bbr artifact directory (decrypted,
 //!   decompressed, every file re-hashed against `metadata`), plus `version` and
-//!   `lockstep.json`. `params.skip_download: true` fetches only `metadata` and the marker.
+//!   `lockstep.json`. `params.skip_download: true` fetches only `metadata` and the marker;
+//!   `params.verify_only: true` re-hashes every stored byte first, writing no artifact.
 //! - `out`: `params.action` is `backup` (default), `restore` (from `$1/<params.artifact>`, a
 //!   directory a `get` fetched) or `prune` (the `retention:` policy); it prints the version
 //!   and metadata a person wants on the build page.
@@ -40,7 +41,7 @@ pub struct Request {
     pub params: Map<String, Value>,
 }
 
-pub const IN_PARAMS: &[&str] = &["skip_download", "verify"];
+pub const IN_PARAMS: &[&str] = &["skip_download", "verify", "verify_only"];
 pub const OUT_PARAMS: &[&str] = &["action", "artifact", "unsafe_lock_free", "dry_run"];
 
 /// Parses stdin. Concourse may add top-level keys in a later version, so only the keys we
@@ -144,11 +145,27 @@ pub async fn check(req: &Request) -> anyhow::Result<Value> {
 pub async fn get(ctx: &Ctx, req: &Request, dest: &Path) -> anyhow::Result<Value> {
     let name = req.version.clone().ok_or_else(|| anyhow!("in needs a version ({{\"artifact\": ...}})"))?;
     let skip = param_bool(&req.params, "skip_download", false)?;
-    let art = service::describe(&req.config, &name).await?;
+    let verify_only = param_bool(&req.params, "verify_only", false)?;
+    if skip && verify_only {
+        bail!("params: give skip_download or verify_only, not both (verify_only also writes only the records, after re-hashing every stored byte)");
+    }
+    let art = if verify_only {
+        // Every stored byte read, decrypted, decompressed and re-hashed against the
+        // metadata, and nothing of the artifact written: a worker needs no disk for it.
+        ctx.info(format!("verify_only: re-hashing every file of {name} in the store against its metadata, writing only its records"));
+        service::verify(ctx, &req.config, &name).await?
+    } else {
+        service::describe(&req.config, &name).await?
+    };
     let marker = art.marker.clone().ok_or_else(|| anyhow!("{name} is not committed"))?;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    if skip {
-        ctx.info(format!("skip_download: writing only the metadata of {name}"));
+    if skip || verify_only {
+        if verify_only {
+            ctx.info(format!("Verified {name} ({} as stored): every file matches its metadata", human_bytes(marker.total_size())));
+        }
+        if skip {
+            ctx.info(format!("skip_download: writing only the metadata of {name}"));
+        }
         std::fs::write(dest.join(METADATA_FILE), art.metadata.to_yaml()?)?;
         std::fs::write(dest.join(MARKER_FILE), marker.to_json()?)?;
     } else {

@@ -14,6 +14,7 @@
 //! ([`LOCKSTEP_TASKS`]) when the repository is not at hand.
 
 mod lockstep_resource;
+mod task_config;
 
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -439,6 +440,11 @@ impl Checker<'_> {
                 self.report.error(format!("{here}: {file} requires param {k} (declared without a default), which the step does not set"));
             }
         }
+        if let Some(params) = step.get("params").and_then(Value::as_object) {
+            let (errors, warnings) = task_config::problems(params, &here, self.opts.vars.as_ref());
+            self.report.errors.extend(errors);
+            self.report.warnings.extend(warnings);
+        }
         // Every required input must be provided by a get, a put or an earlier task.
         let mapping: BTreeMap<String, String> = step
             .get("input_mapping")
@@ -725,6 +731,11 @@ pub fn check_pipeline(text: &str, opts: &Options) -> Report {
             report.warn(format!("var '{v}' in the vars file is not used by the pipeline"));
         }
     }
+    // A hook given by one anchor (on_failure, on_error, on_abort) is checked once per use:
+    // say each finding once.
+    let mut seen = BTreeSet::new();
+    report.errors.retain(|e| seen.insert(e.clone()));
+    report.warnings.retain(|w| seen.insert(w.clone()));
     report
 }
 

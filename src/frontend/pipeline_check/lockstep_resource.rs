@@ -33,7 +33,7 @@ pub(super) fn source_errors(name: &str, source: &Value, vars: Option<&Value>) ->
 
 /// Concourse's set-time interpolation of `-l` vars: a string that is one `((var))` becomes
 /// the var's value (any type); a var inside a longer string is replaced as text.
-fn interpolate(v: &Value, vars: &Value) -> Value {
+pub(super) fn interpolate(v: &Value, vars: &Value) -> Value {
     match v {
         Value::String(s) => {
             let t = s.trim();
