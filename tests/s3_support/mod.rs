@@ -83,7 +83,7 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn random_secret() -> String {
+pub fn random_secret() -> String {
     let mut b = [0u8; 16];
     getrandom(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -104,13 +104,18 @@ pub struct S3sFs {
 
 impl S3sFs {
     pub fn start() -> Option<S3sFs> {
+        S3sFs::start_with_secret(&random_secret())
+    }
+
+    /// With a secret key of the test's choosing (quotes, backslashes: what breaks JSON).
+    pub fn start_with_secret(secret: &str) -> Option<S3sFs> {
         let Some(bin) = find_bin("s3s-fs") else {
             missing("s3s-fs (cargo install s3s-fs@0.14.1 --features binary)");
             return None;
         };
         let root = TempDir::new().unwrap();
         let port = free_port();
-        let secret = random_secret();
+        let secret = secret.to_string();
         let mut cmd = Command::new(bin);
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", &secret])
             .arg(root.path())
