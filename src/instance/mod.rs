@@ -8,7 +8,7 @@
 pub mod remote_sums;
 mod shell;
 
-pub use shell::ShellInstance;
+pub use shell::{ShellInstance, DEFAULT_SCRIPT_TIMEOUT};
 
 use crate::artifact::tar_hash::Checksums;
 use crate::model::{InstanceId, ScriptKind};

@@ -9,16 +9,32 @@ use crate::transport::quote::{is_env_name, quote};
 use crate::transport::{exec_capture, ExecStatus, Reader, TimedOut, Transport, Writer};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
+use std::time::Duration;
+
+/// How long one BBR script (metadata, lock, backup, unlock, restore) may run when no
+/// `script_timeout` is set. bbr waits forever, so a hung restore script holds the run (and
+/// the platform it is restoring) until someone notices. A day is longer than any restore we
+/// know of needs; lock and backup scripts are bounded sooner by `max_lock_window` (4h), and
+/// an owed unlock's wait by an hour. Transfers are not scripts: they have no default limit.
+pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// [`Instance`] as shell commands over a transport.
 pub struct ShellInstance {
     id: InstanceId,
     transport: Box<dyn Transport>,
+    script_timeout: Duration,
 }
 
 impl ShellInstance {
     pub fn new(id: InstanceId, transport: Box<dyn Transport>) -> Self {
-        ShellInstance { id, transport }
+        ShellInstance { id, transport, script_timeout: DEFAULT_SCRIPT_TIMEOUT }
+    }
+
+    /// The limit of each BBR script: `script_timeout` when set, else
+    /// [`DEFAULT_SCRIPT_TIMEOUT`].
+    pub fn with_script_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.script_timeout = limit.unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
+        self
     }
 
     fn path(&self, p: &str) -> String {
@@ -65,7 +81,16 @@ impl ShellInstance {
     /// connection, or no exit status) is marked [`Unanswered`]; a time limit is not.
     async fn run_script_command(&self, job: &str, kind: ScriptKind, cmd: &str) -> anyhow::Result<Vec<u8>> {
         let what = || format!("running {kind} for job {job} on {}", self.id);
-        let (status, out) = match exec_capture(self.transport.as_ref(), cmd).await {
+        // Dropping the command on time-out stops it: the transports kill its process group.
+        let limit = self.script_timeout;
+        let run = tokio::time::timeout(limit, exec_capture(self.transport.as_ref(), cmd)).await.unwrap_or_else(|_| {
+            Err(TimedOut(format!(
+                "the script ran longer than {} (script_timeout) and was stopped; if it needs longer, raise script_timeout",
+                humantime::format_duration(limit)
+            ))
+            .into())
+        });
+        let (status, out) = match run {
             Ok(done) => done,
             Err(e) if e.is::<TimedOut>() => return Err(e.context(what())),
             Err(e) => return Err(e.context(Unanswered(what()))),

@@ -669,7 +669,7 @@ impl DeploymentTarget {
                 cfg.script_timeout = self.opts.script_timeout;
                 cfg.keepalive_interval = self.opts.keepalive_interval;
                 cfg.proxy = self.opts.gateway.clone();
-                instances.push(Arc::new(ShellInstance::new(id, Box::new(SshTransport::new(cfg)))));
+                instances.push(Arc::new(ShellInstance::new(id, Box::new(SshTransport::new(cfg))).with_script_timeout(self.opts.script_timeout)));
             }
         }
         Ok(Session { instances, releases, one_restore_all, bootstrap })

@@ -225,7 +225,7 @@ fn build_instances(inv: &Inventory, opts: &SshOptions, keys: &KeyCache) -> anyho
         cfg.script_timeout = opts.script_timeout;
         cfg.keepalive_interval = opts.keepalive_interval;
         cfg.proxy = opts.gateway.clone();
-        out.push(Arc::new(ShellInstance::new(spec.id.clone(), Box::new(SshTransport::new(cfg)))));
+        out.push(Arc::new(ShellInstance::new(spec.id.clone(), Box::new(SshTransport::new(cfg))).with_script_timeout(opts.script_timeout)));
     }
     Ok(out)
 }

@@ -126,7 +126,8 @@ pub struct SshFlags {
     /// (a command on it fails, an owed unlock is tried again on a new one).
     #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_keepalive)]
     pub keepalive: std::time::Duration,
-    /// Fail any remote command (scripts, transfers) that runs longer (default: no limit).
+    /// Stop and fail a BBR script that runs longer (default 24h), and when given any other
+    /// remote command (a transfer) too (transfers have no default limit).
     #[arg(long, global = true, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub script_timeout: Option<std::time::Duration>,
     /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
