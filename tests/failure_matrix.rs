@@ -580,20 +580,32 @@ fn tar_path(w: &World, name: &str, file: &str) -> PathBuf {
     w.store_dir.join(name).join(file)
 }
 
+/// Changed bytes are found as they stream (each stored byte is read once): they reach the
+/// staging directory, but no lock or restore script runs, and the staged copies go.
 #[tokio::test]
-async fn restore_of_a_corrupt_artifact_touches_nothing() {
+async fn restore_of_a_corrupt_artifact_locks_nothing_and_leaves_nothing_staged() {
     let (w, name) = backed_up().await;
     let p = tar_path(&w, &name, "db-0-postgres.tar");
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[1024] ^= 0x55; // inside dump.sql's content
     std::fs::write(&p, bytes).unwrap();
-    let (out, faults, _, _t) = restore_fresh(&w, &name, false).await;
+    let (out, faults, roots, _t) = restore_fresh(&w, &name, false).await;
     assert_eq!(out.failures.exit_code(), 1);
     let text = out.failures.render();
     assert!(text.contains("Backup is corrupted"), "{text}");
     assert!(text.contains("db-0-postgres.tar (postgres): ./dump.sql has sha256"), "{text}");
-    assert!(faults.journal().is_empty(), "an instance was touched: {:?}", faults.journal());
+    assert!(text.contains("nothing was locked and the staged copies are removed"), "{text}");
+    let scripts = faults.scripts();
+    assert!(scripts.iter().all(|(_, _, kind)| *kind == Metadata), "a script other than metadata ran: {scripts:?}");
+    assert!(faults.journal().iter().any(|(_, op)| matches!(op, Op::Receive(_))), "the stream was read once, into staging: {:?}", faults.journal());
+    for root in &roots {
+        assert!(!root.join("var/vcap/store/bbr-backup").exists(), "staging left on {}", root.display());
+        assert!(!root.join("var/vcap/store/postgres/dump.sql").exists(), "data restored from a corrupt backup on {}", root.display());
+    }
 }
+
+/// A truncated stored object (its size differs from lockstep.json's) is found before any
+/// instance is touched, without reading it.
 
 #[tokio::test]
 async fn restore_of_a_truncated_artifact_touches_nothing() {

@@ -238,10 +238,7 @@ pub async fn hash_object(store: &dyn Store, key: &str) -> anyhow::Result<(Checks
 /// [`hash_object`] for an object stored with `codec`: the stored bytes are metered as
 /// stored, then decoded, and the checksums are of the plain tar's files.
 pub async fn hash_object_with(store: &dyn Store, key: &str, codec: &Codec, ids: &Identities) -> anyhow::Result<(Checksums, u64, String)> {
-    let reader = store.open(key).await?;
-    let metered = std::sync::Arc::new(Mutex::new(None));
-    let tap = MeterTap { inner: MeteredReader::new(reader), out: metered.clone() };
-    let mut plain = codec::decoder(Box::new(tap), codec, ids)?;
+    let (mut plain, metered) = open_decoded(store, key, codec, ids).await?;
     let mut hasher = TarHasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -253,8 +250,76 @@ pub async fn hash_object_with(store: &dyn Store, key: &str, codec: &Codec, ids: 
     }
     let sums = hasher.finish().with_context(|| format!("{key} is not a complete tar"))?;
     drop(plain);
-    let (size, sha) = metered.lock().unwrap().take().unwrap_or((0, String::new()));
+    let (size, sha) = metered.totals();
     Ok((sums, size, sha))
+}
+
+/// The size and sha256 of the stored bytes of an object opened with [`open_decoded`],
+/// known once its decoder has been dropped.
+pub struct ObjectMeter(std::sync::Arc<Mutex<Option<(u64, String)>>>);
+
+impl ObjectMeter {
+    /// `(size, sha256)` of what was read; `(0, "")` while the decoder is alive.
+    pub fn totals(&self) -> (u64, String) {
+        self.0.lock().unwrap().take().unwrap_or((0, String::new()))
+    }
+}
+
+/// Opens a stored object as its plain tar (decrypted, decompressed), metering the stored
+/// bytes as they pass: one read serves both the per-file checksums and the object's own.
+pub async fn open_decoded(
+    store: &dyn Store,
+    key: &str,
+    codec: &Codec,
+    ids: &Identities,
+) -> anyhow::Result<(Box<dyn tokio::io::AsyncRead + Unpin + Send>, ObjectMeter)> {
+    let reader = store.open(key).await?;
+    let metered = std::sync::Arc::new(Mutex::new(None));
+    let tap = MeterTap { inner: MeteredReader::new(reader), out: metered.clone() };
+    Ok((codec::decoder(Box::new(tap), codec, ids)?, ObjectMeter(metered)))
+}
+
+/// What is wrong with a stored object's size and sha256 against `lockstep.json`, if it
+/// records the object.
+pub fn object_problem(art: &StoredArtifact, stored: &str, size: u64, sha: &str) -> Option<String> {
+    let obj = art.marker.as_ref()?.objects.get(stored)?;
+    (obj.size != size || obj.sha256 != sha).then(|| {
+        format!(
+            "{stored}: stored object changed since it was written (size {size}, sha256 {sha}; lockstep.json says size {}, sha256 {})",
+            obj.size, obj.sha256
+        )
+    })
+}
+
+/// What can be checked without reading a stored byte: every object the metadata lists is
+/// in the store, with the size `lockstep.json` recorded, and every tar `lockstep.json`
+/// records is in the metadata. A missing or truncated object is found here, before a
+/// restore touches any instance; changed bytes only by reading them.
+pub async fn check_listing(store: &dyn Store, art: &StoredArtifact) -> anyhow::Result<Problems> {
+    let prefix = format!("{}/", art.name);
+    let listed: BTreeMap<String, u64> =
+        store.list(&prefix).await?.into_iter().filter_map(|o| Some((o.key.strip_prefix(&prefix)?.to_string(), o.size))).collect();
+    let mut problems = Vec::new();
+    for entry in art.entries() {
+        let recorded = art.marker.as_ref().and_then(|m| m.objects.get(&entry.stored)).map(|o| o.size);
+        match (listed.get(&entry.stored), recorded) {
+            (None, _) => problems.push(format!("{} ({}): not in the store", entry.stored, entry.name)),
+            (Some(size), Some(want)) if *size != want => {
+                problems.push(format!("{} ({}): the stored object has {size} bytes; lockstep.json says {want}", entry.stored, entry.name))
+            }
+            _ => {}
+        }
+    }
+    problems.extend(unlisted_tars(art));
+    Ok(problems)
+}
+
+/// Tars `lockstep.json` records that the metadata does not list.
+fn unlisted_tars(art: &StoredArtifact) -> Problems {
+    let Some(m) = &art.marker else { return Vec::new() };
+    let listed: Vec<String> = art.entries().into_iter().map(|e| e.stored).collect();
+    let tar_like = |f: &str| f.contains(".tar") && !f.starts_with("manifest.yml") && f != METADATA_FILE;
+    m.objects.keys().filter(|f| tar_like(f) && !listed.contains(f)).map(|f| format!("{f} is in lockstep.json but not in the metadata")).collect()
 }
 
 /// A metered reader that leaves its totals behind when it is dropped, so they can be
@@ -298,25 +363,12 @@ pub async fn verify_with(store: &dyn Store, art: &StoredArtifact, ids: &Identiti
                 for p in compare_checksums(&entry.checksums, &sums) {
                     problems.push(format!("{} ({}): {p}", entry.stored, entry.name));
                 }
-                if let Some(obj) = art.marker.as_ref().and_then(|m| m.objects.get(&entry.stored)) {
-                    if obj.size != size || obj.sha256 != sha {
-                        problems.push(format!(
-                            "{}: stored object changed since it was written (size {size}, sha256 {sha}; lockstep.json says size {}, sha256 {})",
-                            entry.stored, obj.size, obj.sha256
-                        ));
-                    }
-                }
+                problems.extend(object_problem(art, &entry.stored, size, &sha));
             }
             Err(e) => problems.push(format!("{} ({}): {e:#}", entry.stored, entry.name)),
         }
     }
-    if let Some(m) = &art.marker {
-        let listed: Vec<String> = art.entries().into_iter().map(|e| e.stored).collect();
-        let tar_like = |f: &str| f.contains(".tar") && !f.starts_with("manifest.yml") && f != METADATA_FILE;
-        for file in m.objects.keys().filter(|f| tar_like(f) && !listed.contains(f)) {
-            problems.push(format!("{file} is in lockstep.json but not in the metadata"));
-        }
-    }
+    problems.extend(unlisted_tars(art));
     problems
 }
 

@@ -198,7 +198,7 @@ impl TarHasher {
     }
 
     /// The error that poisoned this hasher, if any.
-    fn failure(&self) -> Option<TarHashError> {
+    pub fn failure(&self) -> Option<TarHashError> {
         match &self.state {
             State::Failed(e) => Some(e.duplicate()),
             _ => None,
