@@ -88,6 +88,13 @@ pub trait Instance: Send + Sync {
     /// in it. `Nobody` when this call created it; otherwise who holds it (nothing changed).
     async fn claim_staging(&self, record: &str) -> anyhow::Result<StagingHolder>;
     async fn create_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
+    /// Creates the artifact directory, then runs the job's backup script. Inside the lock
+    /// window every round trip is API downtime: an instance over SSH does both in one
+    /// command.
+    async fn run_backup_script(&self, job: &str, artifact: &str, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
+        self.create_artifact_dir(artifact).await?;
+        self.run_script(job, ScriptKind::Backup, env).await
+    }
     /// Size in bytes of an artifact directory (for progress; approximate).
     async fn artifact_size(&self, artifact: &str) -> anyhow::Result<u64>;
     /// Streams `tar -c .` of the artifact directory into `out`.

@@ -211,6 +211,11 @@ impl Instance for ShellInstance {
         self.run_script_command(job, kind, &cmd).await
     }
 
+    async fn run_backup_script(&self, job: &str, artifact: &str, env: &[(String, String)]) -> anyhow::Result<Vec<u8>> {
+        let cmd = format!("mkdir -p {} && {}", quote(&self.artifact_path(artifact)?), self.script_command(job, ScriptKind::Backup, env)?);
+        self.run_script_command(job, ScriptKind::Backup, &cmd).await
+    }
+
     async fn run_owed(&self, run: &str, job: &str, kind: ScriptKind, env: &[(String, String)], wait: bool) -> anyhow::Result<Vec<u8>> {
         check_run_id(run)?;
         let dir = self.path(&format!("{OWED_ROOT}/{run}/{job}.{kind}"));

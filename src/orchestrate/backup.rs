@@ -9,7 +9,7 @@ use super::discover::{discover, BackupSlot, Deployment, JobAt};
 use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::lock_window::{LockWindow, DEFAULT_MAX_LOCK_WINDOW};
 use super::run_lock::{self, held_error, RunRecord};
-use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
+use super::{artifact_env, bounded, cancellable, remove_staging, run_env, timed_script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::lease::{self, Lease};
 use crate::artifact::marker::{CommitMarker, StoredObject};
 use crate::artifact::stored::{compare_checksums, ArtifactWriter};
@@ -239,10 +239,8 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
                     let slot = dep.backup_slot(at);
                     let mut env = artifact_env(&inst.artifact_dir(slot.name()));
                     env.push(run_env(run_id));
-                    cancellable(locked, async {
-                        inst.create_artifact_dir(slot.name()).await?;
-                        script(locked, inst, &job.name, ScriptKind::Backup, &env).await
-                    })
+                    let run = inst.run_backup_script(&job.name, slot.name(), &env);
+                    cancellable(locked, timed_script(locked, inst, &job.name, ScriptKind::Backup, run))
                     .await
                     .map_err(|e| {
                         if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
