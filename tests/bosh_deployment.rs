@@ -240,7 +240,7 @@ fn director_errors_a_person_can_act_on() {
         .arg(&d.ca_path)
         .arg("pre-backup-check"));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("rejected the client credentials of 'bbr_client' (401 Unauthorized)"), "{err}");
+    assert!(err.contains("rejected the credentials of client 'bbr_client' (401 Unauthorized)"), "{err}");
     assert!(!err.contains("wrong"), "{err}");
     assert_eq!(d.calls(), ["GET /info", "POST /uaa/oauth/token"]);
 

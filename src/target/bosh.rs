@@ -25,6 +25,7 @@ use crate::target::SshOptions;
 use crate::instance::{InstanceRef, ShellInstance};
 use crate::model::InstanceId;
 use crate::target::Target;
+use crate::target::uaa::{error_chain, Grant, Uaa};
 use crate::transport::proxy::ConnectProxy;
 use crate::transport::ssh::{self, parse_address, ClientKey, HostKeyPolicy, Proxy, Secret, SshConfig, SshTransport};
 use anyhow::{anyhow, bail, Context};
@@ -75,33 +76,6 @@ pub fn director_url(target: &str) -> anyhow::Result<Url> {
 enum Auth {
     Basic { user: String, password: Secret },
     Bearer(Arc<Uaa>),
-}
-
-/// Client credentials for the director's UAA and the token they last gave. A backup can
-/// outlast a token (UAA's default lifetime is short), so the token is renewed before it
-/// expires and once more when the director refuses it anyway.
-struct Uaa {
-    url: String,
-    client: String,
-    secret: Secret,
-    token: tokio::sync::Mutex<Token>,
-}
-
-struct Token {
-    value: Secret,
-    /// When to stop using it: a minute before UAA's `expires_in`, if it gave one.
-    renew_at: Option<std::time::Instant>,
-}
-
-impl Uaa {
-    /// The current token, renewed first if it is about to expire (or `force`).
-    async fn token(&self, http: &reqwest::Client, force: bool) -> anyhow::Result<Secret> {
-        let mut t = self.token.lock().await;
-        if force || t.renew_at.is_some_and(|at| std::time::Instant::now() >= at) {
-            *t = uaa_token(http, &self.url, &self.client, self.secret.expose()).await.context("renewing the UAA token")?;
-        }
-        Ok(t.value.clone())
-    }
 }
 
 /// An authenticated director API client (cloned for each deployment of `--all-deployments`).
@@ -220,13 +194,11 @@ impl DirectorClient {
                 let uaa = ua.options.get("url").and_then(Value::as_str).ok_or_else(|| {
                     anyhow!("the director uses UAA but /info gives no user_authentication.options.url")
                 })?;
-                let token = uaa_token(&http, uaa, client, secret).await?;
-                Auth::Bearer(Arc::new(Uaa {
-                    url: uaa.to_string(),
-                    client: client.to_string(),
-                    secret: Secret::new(secret),
-                    token: tokio::sync::Mutex::new(token),
-                }))
+                let token_url = Url::parse(uaa)
+                    .and_then(|u| u.join(&format!("{}/oauth/token", u.path().trim_end_matches('/'))))
+                    .map_err(|e| anyhow!("the director's UAA URL {uaa:?} is invalid: {e}"))?;
+                let grant = Grant::ClientCredentials { client: client.to_string(), secret: Secret::new(secret) };
+                Auth::Bearer(Arc::new(Uaa::login(&http, token_url, grant, "--username/--password (BOSH_CLIENT/BOSH_CLIENT_SECRET)").await?))
             }
             _ => Auth::Basic { user: client.to_string(), password: Secret::new(secret) },
         };
@@ -427,57 +399,6 @@ impl DirectorClient {
 }
 
 /// A UAA client-credentials token.
-async fn uaa_token(http: &reqwest::Client, uaa: &str, client: &str, secret: &str) -> anyhow::Result<Token> {
-    let url = Url::parse(uaa)
-        .and_then(|u| u.join(&format!("{}/oauth/token", u.path().trim_end_matches('/'))))
-        .map_err(|e| anyhow!("the director's UAA URL {uaa:?} is invalid: {e}"))?;
-    let resp = http
-        .post(url.clone())
-        .basic_auth(client, Some(secret))
-        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .map_err(|e| anyhow!("UAA {url} unreachable: {}", error_chain(&e)))?;
-    let status = resp.status();
-    if status == StatusCode::UNAUTHORIZED {
-        bail!(
-            "UAA {url} rejected the client credentials of '{client}' (401 Unauthorized): check --username/--password \
-             (BOSH_CLIENT/BOSH_CLIENT_SECRET)"
-        );
-    }
-    if !status.is_success() {
-        bail!("UAA {url}: getting a client-credentials token for '{client}' failed: {status}");
-    }
-    let v: Value = resp.json().await.with_context(|| format!("UAA {url}: invalid token response"))?;
-    let token = v
-        .get("access_token")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("UAA {url}: the token response has no access_token"))?;
-    // Renew a minute early (or at half its life when shorter), so no call carries a
-    // token that expires on its way.
-    let renew_at = v.get("expires_in").and_then(Value::as_u64).map(|secs| {
-        let margin = 60.min(secs / 2);
-        std::time::Instant::now() + Duration::from_secs(secs - margin)
-    });
-    Ok(Token { value: Secret::new(token), renew_at })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
-
 fn encode_path(s: &str) -> String {
     s.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })

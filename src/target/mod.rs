@@ -8,11 +8,13 @@
 //! - [`director`]: bbr's `director` mode, the director VM over SSH.
 //! - [`bosh`]: a BOSH deployment found through the director's API (bbr's `deployment`).
 //! - [`ssh_options`]: the SSH settings the three SSH targets share.
+//! - [`uaa`]: UAA tokens for the director's and Ops Manager's APIs.
 
 pub mod bosh;
 pub mod director;
 pub mod hosts;
 pub mod ssh_options;
+pub mod uaa;
 
 pub use director::{deployment_name_from_address, DirectorTarget};
 pub use hosts::{HostSpec, HostsTarget, Inventory};
