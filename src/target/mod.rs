@@ -9,10 +9,12 @@
 //! - [`bosh`]: a BOSH deployment found through the director's API (bbr's `deployment`).
 //! - [`ssh_options`]: the SSH settings the three SSH targets share.
 //! - [`uaa`]: UAA tokens for the director's and Ops Manager's APIs.
+//! - [`opsman`]: Ops Manager's API: the director and products of a platform.
 
 pub mod bosh;
 pub mod director;
 pub mod hosts;
+pub mod opsman;
 pub mod ssh_options;
 pub mod uaa;
 

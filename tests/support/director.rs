@@ -17,12 +17,10 @@
 //! the fleet, not only on the VMs of the group set up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use tempfile::TempDir;
+use super::https::{b64, json, Https, Request, Response};
 
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -89,70 +87,23 @@ pub struct Director {
     pub ca_pem: String,
     state: Arc<Mutex<State>>,
     authorized_keys: PathBuf,
-    _dir: TempDir,
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    _https: Arc<Https>,
 }
 
 impl Director {
     /// Starts the double. `authorized_keys` is the fleet's shared `AuthorizedKeysFile`.
     pub fn start(auth: AuthMode, deployments: Vec<DeploymentSpec>, authorized_keys: PathBuf) -> Director {
-        let dir = TempDir::with_prefix("lockstep-director-").unwrap();
-        let d = dir.path();
-        openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lockstep test director CA"], d);
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:director.fleet.test\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").unwrap();
-        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"], d);
-        openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"], d);
-        use rustls_pki_types::pem::PemObject;
-        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-            rustls_pki_types::CertificateDer::pem_file_iter(d.join("server.pem")).unwrap().map(|c| c.unwrap()).collect();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let mut st = State { next_task: 1, token_life: (std::time::Duration::from_secs(3600), 3600), ..State::default() };
         for dep in deployments {
             st.deployments.insert(dep.name.clone(), dep);
         }
         let state = Arc::new(Mutex::new(st));
-        let server = Server { url: url.clone(), auth, state: state.clone(), authorized_keys: authorized_keys.clone() };
-        let server = Arc::new(server);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(tcp) = conn else { continue };
-                let (config, server) = (config.clone(), server.clone());
-                std::thread::spawn(move || {
-                    let Ok(tls) = rustls::ServerConnection::new(config) else { return };
-                    let mut stream = rustls::StreamOwned::new(tls, tcp);
-                    if let Some(req) = read_request(&mut stream) {
-                        let (status, headers, body) = server.handle(&req);
-                        let mut resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-                        for (k, v) in headers {
-                            resp.push_str(&format!("{k}: {v}\r\n"));
-                        }
-                        resp.push_str("\r\n");
-                        let _ = stream.write_all(resp.as_bytes());
-                        let _ = stream.write_all(body.as_bytes());
-                        let _ = stream.flush();
-                        stream.conn.send_close_notify();
-                        let _ = stream.flush();
-                    }
-                });
-            }
+        let (st, keys) = (state.clone(), authorized_keys.clone());
+        let https = Https::start("lockstep-director-", "lockstep test director CA", move |url| {
+            let server = Server { url: url.to_string(), auth, state: st, authorized_keys: keys };
+            Arc::new(move |req: &Request| server.handle(req))
         });
-        let ca_pem = std::fs::read_to_string(d.join("ca.pem")).unwrap();
-        Director { url, ca_path: d.join("ca.pem"), ca_pem, state, authorized_keys, _dir: dir }
+        Director { url: https.url.clone(), ca_path: https.ca_path.clone(), ca_pem: https.ca_pem.clone(), state, authorized_keys, _https: Arc::new(https) }
     }
 
     /// The API calls in order (`GET /info`, `POST /uaa/oauth/token`, ...), task polls and
@@ -215,65 +166,6 @@ impl Drop for Director {
             remove_user(&u, &self.authorized_keys);
         }
     }
-}
-
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-fn read_request(stream: &mut impl Read) -> Option<Request> {
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
-    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    Some(Request { method, path, query, headers, body })
-}
-
-fn b64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-type Response = (&'static str, Vec<(String, String)>, String);
-
-fn json(status: &'static str, v: serde_json::Value) -> Response {
-    (status, vec![("Content-Type".into(), "application/json".into())], v.to_string())
 }
 
 struct Server {

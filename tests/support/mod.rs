@@ -3,5 +3,7 @@
 
 pub mod fleet;
 pub mod director;
+pub mod https;
+pub mod opsman;
 pub mod stall_proxy;
 pub mod owed_jobs;

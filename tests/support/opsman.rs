@@ -1,0 +1,218 @@
+//! A protocol double of Ops Manager's API and its UAA, over real TLS ([`super::https`]).
+//!
+//! The endpoints and answers are those of the Ops Manager API documentation and of the
+//! calls `om curl` makes in pivotal-cf/bbr-pcf-pipeline-tasks (`scripts/export-director-metadata`):
+//!
+//! - `POST /uaa/oauth/token`: the password grant through the `opsman` client (HTTP basic
+//!   `opsman:` with an empty secret, as `om` sends it) or the client-credentials grant;
+//!   `401 {"error": "unauthorized"}` for wrong credentials.
+//! - `GET /api/v0/deployed/products`: `[{installation_name, guid, type, product_version}]`.
+//! - `GET /api/v0/deployed/products/:guid/static_ips`: `[{name, ips: [...]}]`.
+//! - `GET /api/v0/deployed/director/credentials/uaa_bbr_client_credentials` and
+//!   `.../bbr_ssh_credentials`: `{"credential": {"type": ..., "value": {...}}}`; 404 when
+//!   the credential does not exist (an older Ops Manager has no BBR client).
+//! - `GET /api/v0/deployed/director/manifest`: the director's manifest (`jobs[name=bosh]`).
+//! - `GET /api/v0/certificate_authorities`: `{"certificate_authorities": [{guid, issuer,
+//!   created_on, expires_on, active, cert_pem}]}`.
+//! - `GET /api/v0/installations`: `{"installations": [{id, user_name, status, started_at,
+//!   finished_at}]}`, newest first.
+//!
+//! Every `/api/` call needs a token the double issued and that has not expired (tests can
+//! shorten the lifetime the double accepts while it announces a long one, so only a
+//! client that renews on a 401 gets through). Every call is logged; anything else is
+//! recorded as unexpected.
+
+use super::https::{b64, json, Https, Request, Response};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Spec {
+    pub user: (String, String),
+    pub client: (String, String),
+    pub director_ip: String,
+    /// `None`: the BBR client credential does not exist (404), as on older Ops Managers.
+    pub bbr_client: Option<(String, String)>,
+    /// The director manifest's `ops_manager` client secret (the fallback).
+    pub ops_manager_secret: String,
+    /// `(cert_pem, active)`
+    pub cas: Vec<(String, bool)>,
+    pub bbr_ssh_key: String,
+    /// `(type, guid)`
+    pub products: Vec<(String, String)>,
+    /// `(id, status, user)`, newest first.
+    pub installations: Vec<(u64, String, String)>,
+}
+
+impl Spec {
+    /// A platform with a director, the runtime and an isolation segment.
+    pub fn platform(bbr_ssh_key: &str) -> Spec {
+        Spec {
+            user: ("admin".into(), "admin pass\"word&=".into()),
+            client: ("lockstep-backups".into(), "client-secret-1".into()),
+            director_ip: "10.0.0.6".into(),
+            bbr_client: Some(("bbr_client".into(), "bbr-client-secret".into())),
+            ops_manager_secret: "ops-manager-secret".into(),
+            cas: vec![("-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----".into(), false), ("-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----".into(), true)],
+            bbr_ssh_key: bbr_ssh_key.into(),
+            products: vec![
+                ("p-bosh".into(), "p-bosh-5a1d2c3e4f".into()),
+                ("cf".into(), "cf-9f8e7d6c5b4a".into()),
+                ("p-isolation-segment".into(), "p-isolation-segment-0a1b2c3d".into()),
+            ],
+            installations: vec![(7, "succeeded".into(), "admin".into()), (6, "failed".into(), "admin".into())],
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<String>,
+    unexpected: Vec<String>,
+    /// token -> issued at
+    tokens: Vec<(String, Instant)>,
+    /// How long a token is accepted, and the `expires_in` announced.
+    token_life: (Duration, u64),
+}
+
+pub struct OpsMan {
+    pub url: String,
+    pub ca_pem: String,
+    spec: Arc<Mutex<Spec>>,
+    state: Arc<Mutex<State>>,
+    _https: Https,
+}
+
+impl OpsMan {
+    pub fn start(spec: Spec) -> OpsMan {
+        let spec = Arc::new(Mutex::new(spec));
+        let state = Arc::new(Mutex::new(State { token_life: (Duration::from_secs(3600), 3600), ..State::default() }));
+        let (sp, st) = (spec.clone(), state.clone());
+        let https = Https::start("lockstep-opsman-", "lockstep test Ops Manager CA", move |_url| {
+            Arc::new(move |req: &Request| handle(&sp, &st, req))
+        });
+        OpsMan { url: https.url.clone(), ca_pem: https.ca_pem.clone(), spec, state, _https: https }
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn unexpected(&self) -> Vec<String> {
+        self.state.lock().unwrap().unexpected.clone()
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.state.lock().unwrap().tokens.len()
+    }
+
+    /// Tokens issued from now on are accepted for `accepted`, announced as `expires_in`.
+    pub fn set_token_life(&self, accepted: Duration, announced: u64) {
+        self.state.lock().unwrap().token_life = (accepted, announced);
+    }
+
+    pub fn edit(&self, f: impl FnOnce(&mut Spec)) {
+        f(&mut self.spec.lock().unwrap());
+    }
+}
+
+/// `application/x-www-form-urlencoded` → pairs.
+fn form(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("00"), 16).unwrap_or(0));
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body).split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
+fn handle(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
+    let call = format!("{} {}", req.method, req.path);
+    state.lock().unwrap().calls.push(call.clone());
+    let spec = spec.lock().unwrap().clone();
+    let unexpected = |why: &str| {
+        state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
+        json("404 Not Found", json!({"errors": {"base": [format!("unexpected request {call}")]}}))
+    };
+    let auth = req.headers.get("authorization").cloned().unwrap_or_default();
+    if (req.method.as_str(), req.path.as_str()) == ("POST", "/uaa/oauth/token") {
+        let f = form(&req.body);
+        let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let ok = match get("grant_type") {
+            Some("password") => auth == format!("Basic {}", b64("opsman:")) && get("username") == Some(&spec.user.0) && get("password") == Some(&spec.user.1),
+            Some("client_credentials") => auth == format!("Basic {}", b64(&format!("{}:{}", spec.client.0, spec.client.1))),
+            _ => return unexpected("unknown grant"),
+        };
+        if !ok {
+            return json("401 Unauthorized", json!({"error": "unauthorized", "error_description": "Bad credentials"}));
+        }
+        let mut st = state.lock().unwrap();
+        let token = format!("om-token-{}", st.tokens.len());
+        st.tokens.push((token.clone(), Instant::now()));
+        return json("200 OK", json!({"access_token": token, "token_type": "bearer", "expires_in": st.token_life.1, "scope": "opsman.admin", "jti": "x"}));
+    }
+    let valid = {
+        let st = state.lock().unwrap();
+        let life = st.token_life.0;
+        auth.strip_prefix("Bearer ").is_some_and(|t| st.tokens.iter().any(|(k, at)| k == t && at.elapsed() < life))
+    };
+    if !valid {
+        return json("401 Unauthorized", json!({"error": "invalid_token", "error_description": "Invalid access token"}));
+    }
+    let credential = |kind: &str, value: Value| json("200 OK", json!({"credential": {"type": kind, "value": value}}));
+    let not_found = || json("404 Not Found", json!({"errors": {"credential": ["not found"]}}));
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/api/v0/deployed/products") => json(
+            "200 OK",
+            Value::Array(spec.products.iter().map(|(t, g)| json!({"installation_name": g, "guid": g, "type": t, "product_version": "4.0.1"})).collect()),
+        ),
+        ("GET", p) if p.starts_with("/api/v0/deployed/products/") && p.ends_with("/static_ips") => {
+            let guid = &p["/api/v0/deployed/products/".len()..p.len() - "/static_ips".len()];
+            match spec.products.iter().find(|(_, g)| g == guid) {
+                Some((t, _)) if t == "p-bosh" => json("200 OK", json!([{"name": "director", "ips": [spec.director_ip]}])),
+                Some(_) => json("200 OK", json!([])),
+                None => json("404 Not Found", json!({"errors": {"product": ["not found"]}})),
+            }
+        }
+        ("GET", "/api/v0/deployed/director/credentials/uaa_bbr_client_credentials") => match &spec.bbr_client {
+            Some((id, secret)) => credential("simple_credentials", json!({"identity": id, "password": secret})),
+            None => not_found(),
+        },
+        ("GET", "/api/v0/deployed/director/credentials/bbr_ssh_credentials") => {
+            credential("rsa_pkey_credentials", json!({"private_key_pem": spec.bbr_ssh_key, "public_key_pem": "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----"}))
+        }
+        ("GET", "/api/v0/deployed/director/manifest") => json(
+            "200 OK",
+            json!({"name": "p-bosh", "jobs": [{"name": "bosh", "properties": {
+                "uaa": {"clients": {"ops_manager": {"secret": spec.ops_manager_secret}}},
+                "director": {"address": spec.director_ip, "config_server": {"ca_cert": spec.cas.last().map(|c| c.0.clone())}}}}]}),
+        ),
+        ("GET", "/api/v0/certificate_authorities") => json(
+            "200 OK",
+            json!({"certificate_authorities": spec.cas.iter().enumerate().map(|(i, (pem, active))| json!({
+                "guid": format!("ca-{i}"), "issuer": "Pivotal", "created_on": "2026-01-01T00:00:00Z",
+                "expires_on": "2030-01-01T00:00:00Z", "active": active, "cert_pem": pem})).collect::<Vec<_>>()}),
+        ),
+        ("GET", "/api/v0/installations") => json(
+            "200 OK",
+            json!({"installations": spec.installations.iter().map(|(id, status, user)| json!({
+                "id": id, "user_name": user, "status": status, "started_at": "2026-12-06T20:00:00.000Z",
+                "finished_at": if status == "running" { Value::Null } else { json!("2026-12-06T20:30:00.000Z") },
+                "additions": [], "deletions": [], "updates": []})).collect::<Vec<_>>()}),
+        ),
+        _ => unexpected("not an endpoint of the double"),
+    }
+}
