@@ -22,7 +22,7 @@
 //! client that renews on a 401 gets through). Every call is logged; anything else is
 //! recorded as unexpected.
 
-use super::https::{b64, json, Https, Request, Response};
+use super::https::{b64, json, Answer, Handler, Https, Request, Response};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,10 @@ pub struct Spec {
     pub products: Vec<(String, String)>,
     /// `(id, status, user)`, newest first.
     pub installations: Vec<(u64, String, String)>,
+    /// The size of the data in `installation.zip` (one stored entry).
+    pub export_size: usize,
+    /// Cut the export's connection after this many bytes (a dropped download).
+    pub export_cut_after: Option<usize>,
 }
 
 impl Spec {
@@ -62,6 +66,8 @@ impl Spec {
                 ("p-isolation-segment".into(), "p-isolation-segment-0a1b2c3d".into()),
             ],
             installations: vec![(7, "succeeded".into(), "admin".into()), (6, "failed".into(), "admin".into())],
+            export_size: 1 << 20,
+            export_cut_after: None,
         }
     }
 }
@@ -89,8 +95,15 @@ impl OpsMan {
         let spec = Arc::new(Mutex::new(spec));
         let state = Arc::new(Mutex::new(State { token_life: (Duration::from_secs(3600), 3600), ..State::default() }));
         let (sp, st) = (spec.clone(), state.clone());
-        let https = Https::start("lockstep-opsman-", "lockstep test Ops Manager CA", move |_url| {
-            Arc::new(move |req: &Request| handle(&sp, &st, req))
+        let https = Https::start_streaming("lockstep-opsman-", "lockstep test Ops Manager CA", move |_url| {
+            Arc::new(move |req: &Request| {
+                if (req.method.as_str(), req.path.as_str()) == ("GET", "/api/v0/installation_asset_collection") && authorized(&st, req) {
+                    st.lock().unwrap().calls.push(format!("{} {}", req.method, req.path));
+                    let spec = sp.lock().unwrap().clone();
+                    return Answer::Stream("200 OK", vec![("Content-Type".into(), "application/zip".into())], Box::new(move |w| write_zip(w, spec.export_size, spec.export_cut_after)));
+                }
+                Answer::Whole(handle(&sp, &st, req))
+            }) as Handler
         });
         OpsMan { url: https.url.clone(), ca_pem: https.ca_pem.clone(), spec, state, _https: https }
     }
@@ -164,12 +177,7 @@ fn handle(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
         st.tokens.push((token.clone(), Instant::now()));
         return json("200 OK", json!({"access_token": token, "token_type": "bearer", "expires_in": st.token_life.1, "scope": "opsman.admin", "jti": "x"}));
     }
-    let valid = {
-        let st = state.lock().unwrap();
-        let life = st.token_life.0;
-        auth.strip_prefix("Bearer ").is_some_and(|t| st.tokens.iter().any(|(k, at)| k == t && at.elapsed() < life))
-    };
-    if !valid {
+    if !authorized(state, req) {
         return json("401 Unauthorized", json!({"error": "invalid_token", "error_description": "Invalid access token"}));
     }
     let credential = |kind: &str, value: Value| json("200 OK", json!({"credential": {"type": kind, "value": value}}));
@@ -215,4 +223,107 @@ fn handle(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
         ),
         _ => unexpected("not an endpoint of the double"),
     }
+}
+
+/// The request carries a token the double issued that has not expired.
+fn authorized(state: &Mutex<State>, req: &Request) -> bool {
+    let auth = req.headers.get("authorization").cloned().unwrap_or_default();
+    let st = state.lock().unwrap();
+    let life = st.token_life.0;
+    auth.strip_prefix("Bearer ").is_some_and(|t| st.tokens.iter().any(|(k, at)| k == t && at.elapsed() < life))
+}
+
+/// The bytes of the export's one entry: the same for the same size, so a test can hash them.
+pub fn export_data(size: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    (0..size).step_by(64 * 1024).map(move |at| {
+        let n = (at + 64 * 1024).min(size) - at;
+        let mut chunk = Vec::with_capacity(n + 8);
+        while chunk.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.extend_from_slice(&x.to_le_bytes());
+        }
+        chunk.truncate(n);
+        chunk
+    })
+}
+
+fn crc32(crc: u32, data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            *e = c;
+        }
+        t
+    });
+    let mut c = !crc;
+    for &b in data {
+        c = table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// `installation.zip` as Ops Manager sends it, streamed: one stored entry whose CRC and
+/// sizes follow its data (a data descriptor), then the central directory and its end
+/// record. With `cut_after`, fails after that many bytes, as a dropped connection.
+fn write_zip(w: &mut dyn std::io::Write, size: usize, cut_after: Option<usize>) -> std::io::Result<()> {
+    let name = b"installation.json";
+    let mut out: Vec<u8> = Vec::new();
+    let mut sent = 0usize;
+    let mut send = |w: &mut dyn std::io::Write, bytes: &[u8]| -> std::io::Result<()> {
+        if let Some(cut) = cut_after
+            && sent + bytes.len() > cut
+        {
+            w.write_all(&bytes[..cut - sent])?;
+            w.flush()?;
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "cut on purpose"));
+        }
+        sent += bytes.len();
+        w.write_all(bytes)
+    };
+    let le16 = |v: u16| v.to_le_bytes();
+    let le32 = |v: u32| v.to_le_bytes();
+    // Local file header: version 20, flag 8 (data descriptor), stored.
+    for part in [&le32(0x0403_4b50)[..], &le16(20), &le16(8), &le16(0), &le16(0), &le16(0), &le32(0), &le32(0), &le32(0), &le16(name.len() as u16), &le16(0), name] {
+        out.extend_from_slice(part);
+    }
+    send(w, &out)?;
+    let header_len = out.len();
+    let mut crc = 0u32;
+    // Large chunks for a fast test; still many chunks for a large export.
+    let mut buf = Vec::with_capacity(1 << 20);
+    for chunk in export_data(size) {
+        crc = crc32(crc, &chunk);
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= 1 << 20 {
+            send(w, &buf)?;
+            buf.clear();
+        }
+    }
+    send(w, &buf)?;
+    out.clear();
+    for part in [&le32(0x0807_4b50)[..], &le32(crc), &le32(size as u32), &le32(size as u32)] {
+        out.extend_from_slice(part);
+    }
+    let cd_offset = header_len + size + out.len();
+    let cd_start = out.len();
+    for part in [
+        &le32(0x0201_4b50)[..], &le16(20), &le16(20), &le16(8), &le16(0), &le16(0), &le16(0), &le32(crc), &le32(size as u32),
+        &le32(size as u32), &le16(name.len() as u16), &le16(0), &le16(0), &le16(0), &le16(0), &le32(0), &le32(0), name,
+    ] {
+        out.extend_from_slice(part);
+    }
+    let cd_len = out.len() - cd_start;
+    for part in [&le32(0x0605_4b50)[..], &le16(0), &le16(0), &le16(1), &le16(1), &le32(cd_len as u32), &le32(cd_offset as u32), &le16(0)] {
+        out.extend_from_slice(part);
+    }
+    send(w, &out)?;
+    w.flush()
 }

@@ -11,6 +11,7 @@
 //! the director's do. Credentials stay in memory; no message carries one.
 
 pub mod discover;
+pub mod export;
 
 use crate::target::uaa::{error_chain, Grant, Uaa};
 use crate::transport::proxy::ConnectProxy;
