@@ -7,11 +7,12 @@
 mod support;
 
 use lockstep::target::opsman::discover::{applying_changes, choose_products, deployed_products, director_access, guard, Product};
-use lockstep::target::opsman::export::export_installation;
+use lockstep::target::export::ExportStream;
+use lockstep::target::opsman::export::start_export;
 use lockstep::target::opsman::{OpsManAuth, OpsManClient, OpsManConfig};
 use lockstep::transport::ssh::Secret;
 use std::time::Duration;
-use support::opsman::{OpsMan, Spec};
+use support::opsman::{zip_bytes, zip_len, OpsMan, Spec};
 
 const KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEbbr\nkey\n-----END RSA PRIVATE KEY-----\n";
 
@@ -137,7 +138,7 @@ fn om_environment_variables_choose_the_login() {
     assert!(err.contains("set OM_TARGET"), "{err}");
 }
 
-/// A sink that keeps only a hash and the number of writes: what the store's writer sees.
+/// A sink that counts what the store's writer would see (and keeps it when asked).
 #[derive(Default)]
 struct Sink {
     bytes: Vec<u8>,
@@ -163,14 +164,20 @@ impl tokio::io::AsyncWrite for Sink {
     }
 }
 
+async fn export(c: &OpsManClient, sink: &mut Sink, reports: &mut usize) -> anyhow::Result<u64> {
+    let download: Box<dyn ExportStream> = Box::new(start_export(c).await?);
+    download.copy_to(sink, &mut |_| *reports += 1).await
+}
+
 #[tokio::test]
 async fn the_installation_export_streams_whole_and_is_a_real_zip() {
     let spec = Spec::platform(KEY);
     let om = OpsMan::start(spec.clone());
     let c = OpsManClient::connect(&config(&om, user(&spec))).await.unwrap();
     let mut sink = Sink { keep: true, ..Sink::default() };
-    let n = export_installation(&c, &mut sink, |_| {}).await.unwrap();
+    let n = export(&c, &mut sink, &mut 0).await.unwrap();
     assert_eq!(n, sink.total);
+    assert_eq!(sink.bytes, zip_bytes(spec.export_size));
     // The double's zip is a zip to an independent reader (Python's zipfile, CRC checked).
     let dir = tempfile::TempDir::new().unwrap();
     let zip = dir.path().join("installation.zip");
@@ -189,8 +196,8 @@ async fn a_large_export_streams_in_chunks_with_a_renewed_token() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut sink = Sink::default();
     let mut reports = 0;
-    let n = export_installation(&c, &mut sink, |_| reports += 1).await.unwrap();
-    assert!(n > 300 << 20, "{n}");
+    let n = export(&c, &mut sink, &mut reports).await.unwrap();
+    assert_eq!(n as usize, zip_len(300 << 20));
     assert!(sink.writes > 100 && reports == sink.writes, "streamed as it arrived: {} writes", sink.writes);
     assert_eq!(om.tokens_issued(), 2, "the refused token was renewed: {:?}", om.calls());
 }
@@ -203,7 +210,17 @@ async fn an_export_dropped_mid_stream_is_an_error_not_a_short_file() {
     let om = OpsMan::start(spec.clone());
     let c = OpsManClient::connect(&config(&om, user(&spec))).await.unwrap();
     let mut sink = Sink::default();
-    let err = format!("{:#}", export_installation(&c, &mut sink, |_| {}).await.unwrap_err());
-    assert!(err.contains("installation export"), "{err}");
+    let err = format!("{:#}", export(&c, &mut sink, &mut 0).await.unwrap_err());
+    assert!(err.contains("installation export") && err.contains(&format!("of {} bytes", zip_len(8 << 20))), "{err}");
     assert!(sink.total <= 3 << 20, "{}", sink.total);
+}
+
+#[tokio::test]
+async fn an_export_without_its_size_is_refused_before_a_byte_is_stored() {
+    let mut spec = Spec::platform(KEY);
+    spec.export_length = false;
+    let om = OpsMan::start(spec.clone());
+    let c = OpsManClient::connect(&config(&om, user(&spec))).await.unwrap();
+    let err = format!("{:#}", start_export(&c).await.err().unwrap());
+    assert!(err.contains("without its size (no Content-Length)"), "{err}");
 }

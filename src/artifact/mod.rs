@@ -15,6 +15,7 @@ pub mod marker;
 pub mod metadata;
 pub mod stored;
 pub mod tar_hash;
+pub mod tar_write;
 
 pub use marker::{CommitMarker, MARKER_FILE};
 pub use metadata::{BackupMetadata, METADATA_FILE};

@@ -147,31 +147,12 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         ctx.debug(format!("lock level {}: {}", n + 1, names.join(", ")));
     }
 
-    // Artifacts are named to the second, as bbr's: a backup that starts in the same second
-    // as an earlier one of the deployment takes the next free second instead of writing
-    // into (and, on failure, deleting) the other's objects.
-    let mut started = started;
-    let mut tries = 0;
-    let writer = loop {
-        let writer = ArtifactWriter::new(store, artifact_name(&dep.name, started));
-        let why = match writer.name_taken().await {
-            Ok(false) => match writer.check_writable().await {
-                Ok(()) => break writer,
-                Err(e) => e.context(format!("{} cannot take the backup {}: nothing was locked", store.describe(), writer.name())),
-            },
-            Ok(true) if tries < 5 => {
-                tries += 1;
-                ctx.debug(format!("{} already exists in the store: naming this backup a second later", writer.name()));
-                let to_next_second = 1000 - u64::from(Utc::now().timestamp_subsec_millis() % 1000);
-                tokio::time::sleep(std::time::Duration::from_millis(to_next_second)).await;
-                started = Utc::now();
-                continue;
-            }
-            Ok(true) => anyhow!("{} already exists in {}: nothing was written", writer.name(), store.describe()),
-            Err(e) => e.context(format!("listing {} in {}", writer.name(), store.describe())),
-        };
-        out.failures.push(FailureKind::General, why);
-        return out;
+    let writer = match new_artifact(ctx, store, &dep.name, started).await {
+        Ok(w) => w,
+        Err(why) => {
+            out.failures.push(FailureKind::General, why);
+            return out;
+        }
     };
     let name = writer.name().to_string();
 
@@ -360,7 +341,36 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     out
 }
 
-async fn release_lease(ctx: &Ctx, store: &dyn Store, held: &Lease) {
+/// The writer of a new artifact of `deployment`, named after `started`. Artifacts are named
+/// to the second, as bbr's: one that starts in the same second as an earlier one of the
+/// deployment takes the next free second instead of writing into (and, on failure,
+/// deleting) the other's objects.
+pub(crate) async fn new_artifact<'s>(ctx: &Ctx, store: &'s dyn Store, deployment: &str, started: chrono::DateTime<Utc>) -> anyhow::Result<ArtifactWriter<'s>> {
+    let mut started = started;
+    let mut tries = 0;
+    loop {
+        let writer = ArtifactWriter::new(store, artifact_name(deployment, started));
+        match writer.name_taken().await {
+            Ok(false) => {
+                return match writer.check_writable().await {
+                    Ok(()) => Ok(writer),
+                    Err(e) => Err(e.context(format!("{} cannot take the backup {}: nothing was locked", store.describe(), writer.name()))),
+                };
+            }
+            Ok(true) if tries < 5 => {
+                tries += 1;
+                ctx.debug(format!("{} already exists in the store: naming this backup a second later", writer.name()));
+                let to_next_second = 1000 - u64::from(Utc::now().timestamp_subsec_millis() % 1000);
+                tokio::time::sleep(std::time::Duration::from_millis(to_next_second)).await;
+                started = Utc::now();
+            }
+            Ok(true) => return Err(anyhow!("{} already exists in {}: nothing was written", writer.name(), store.describe())),
+            Err(e) => return Err(e.context(format!("listing {} in {}", writer.name(), store.describe()))),
+        }
+    }
+}
+
+pub(crate) async fn release_lease(ctx: &Ctx, store: &dyn Store, held: &Lease) {
     if let Err(e) = lease::release(store, held).await {
         ctx.warn(format!("could not give up the lease {}: {e:#} (it goes stale by itself)", lease::key(&held.deployment)));
     }

@@ -8,11 +8,13 @@
 //! - [`director`]: bbr's `director` mode, the director VM over SSH.
 //! - [`bosh`]: a BOSH deployment found through the director's API (bbr's `deployment`).
 //! - [`ssh_options`]: the SSH settings the three SSH targets share.
+//! - [`export`]: a file an API exports (Ops Manager's installation), backed up whole.
 //! - [`uaa`]: UAA tokens for the director's and Ops Manager's APIs.
 //! - [`opsman`]: Ops Manager's API: the director and products of a platform.
 
 pub mod bosh;
 pub mod director;
+pub mod export;
 pub mod hosts;
 pub mod opsman;
 pub mod ssh_options;

@@ -27,7 +27,9 @@ pub type Streamed = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send
 
 pub enum Answer {
     Whole(Response),
-    Stream(&'static str, Vec<(String, String)>, Streamed),
+    /// Status, headers, the body's length if announced (`Content-Length`; chunked
+    /// without), and its writer.
+    Stream(&'static str, Vec<(String, String)>, Option<u64>, Streamed),
 }
 
 impl From<Response> for Answer {
@@ -127,7 +129,7 @@ impl Https {
     }
 }
 
-fn answer(stream: &mut impl Write, a: Answer) -> std::io::Result<()> {
+fn answer(stream: &mut dyn Write, a: Answer) -> std::io::Result<()> {
     match a {
         Answer::Whole((status, headers, body)) => {
             let mut resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
@@ -139,16 +141,24 @@ fn answer(stream: &mut impl Write, a: Answer) -> std::io::Result<()> {
             stream.write_all(body.as_bytes())?;
             stream.flush()
         }
-        Answer::Stream(status, headers, write) => {
-            let mut resp = format!("HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+        Answer::Stream(status, headers, len, write) => {
+            let framing = match len {
+                Some(n) => format!("Content-Length: {n}"),
+                None => "Transfer-Encoding: chunked".to_string(),
+            };
+            let mut resp = format!("HTTP/1.1 {status}\r\n{framing}\r\nConnection: close\r\n");
             for (k, v) in headers {
                 resp.push_str(&format!("{k}: {v}\r\n"));
             }
             resp.push_str("\r\n");
             stream.write_all(resp.as_bytes())?;
+            // A failing writer cuts the stream (short of its length, or without its last
+            // chunk): the client sees it end early.
+            if len.is_some() {
+                write(stream)?;
+                return stream.flush();
+            }
             let mut chunked = Chunked(stream);
-            // A failing writer cuts the stream without its last chunk: the client sees it
-            // end early.
             write(&mut chunked)?;
             chunked.0.write_all(b"0\r\n\r\n")?;
             chunked.0.flush()
@@ -156,9 +166,9 @@ fn answer(stream: &mut impl Write, a: Answer) -> std::io::Result<()> {
     }
 }
 
-struct Chunked<W: Write>(W);
+struct Chunked<W: Write + ?Sized>(W);
 
-impl<W: Write> Write for Chunked<W> {
+impl<W: Write + ?Sized> Write for Chunked<&mut W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);

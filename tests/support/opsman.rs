@@ -47,6 +47,8 @@ pub struct Spec {
     pub export_size: usize,
     /// Cut the export's connection after this many bytes (a dropped download).
     pub export_cut_after: Option<usize>,
+    /// Announce the export's length (as Ops Manager does); else send it chunked.
+    pub export_length: bool,
 }
 
 impl Spec {
@@ -68,6 +70,7 @@ impl Spec {
             installations: vec![(7, "succeeded".into(), "admin".into()), (6, "failed".into(), "admin".into())],
             export_size: 1 << 20,
             export_cut_after: None,
+            export_length: true,
         }
     }
 }
@@ -100,7 +103,9 @@ impl OpsMan {
                 if (req.method.as_str(), req.path.as_str()) == ("GET", "/api/v0/installation_asset_collection") && authorized(&st, req) {
                     st.lock().unwrap().calls.push(format!("{} {}", req.method, req.path));
                     let spec = sp.lock().unwrap().clone();
-                    return Answer::Stream("200 OK", vec![("Content-Type".into(), "application/zip".into())], Box::new(move |w| write_zip(w, spec.export_size, spec.export_cut_after)));
+                    let len = spec.export_length.then(|| zip_len(spec.export_size) as u64);
+                    let headers = vec![("Content-Type".into(), "application/zip".into())];
+                    return Answer::Stream("200 OK", headers, len, Box::new(move |w| write_zip(w, spec.export_size, spec.export_cut_after)));
                 }
                 Answer::Whole(handle(&sp, &st, req))
             }) as Handler
@@ -270,11 +275,26 @@ fn crc32(crc: u32, data: &[u8]) -> u32 {
     !c
 }
 
+const ZIP_NAME: &[u8] = b"installation.json";
+
+/// The length of [`write_zip`]'s zip: local header, data, data descriptor, central
+/// directory entry, end record.
+pub fn zip_len(size: usize) -> usize {
+    30 + ZIP_NAME.len() + size + 16 + 46 + ZIP_NAME.len() + 22
+}
+
+/// The zip's bytes, whole (for small sizes): what a client should have received.
+pub fn zip_bytes(size: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_zip(&mut v, size, None).unwrap();
+    v
+}
+
 /// `installation.zip` as Ops Manager sends it, streamed: one stored entry whose CRC and
 /// sizes follow its data (a data descriptor), then the central directory and its end
 /// record. With `cut_after`, fails after that many bytes, as a dropped connection.
 fn write_zip(w: &mut dyn std::io::Write, size: usize, cut_after: Option<usize>) -> std::io::Result<()> {
-    let name = b"installation.json";
+    let name = ZIP_NAME;
     let mut out: Vec<u8> = Vec::new();
     let mut sent = 0usize;
     let mut send = |w: &mut dyn std::io::Write, bytes: &[u8]| -> std::io::Result<()> {

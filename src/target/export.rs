@@ -1,0 +1,27 @@
+//! Something backed up as one file rather than from instances: an API's export (Ops
+//! Manager's `installation.zip`). The orchestration stores it as an artifact of its own
+//! (`orchestrate::export`); this is what it asks of the source.
+
+use crate::transport::Writer;
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait Exporter: Send + Sync {
+    /// Names the artifact: `<name>_<timestamp>` (`opsman`).
+    fn deployment_name(&self) -> &str;
+    /// The file's name inside the artifact's tar (`installation.zip`).
+    fn file_name(&self) -> &str;
+    /// Where the export comes from, without secrets, for the log and `lockstep.json`.
+    fn location(&self) -> String;
+    /// Starts the export: its size is known before its first byte.
+    async fn start(&self) -> anyhow::Result<Box<dyn ExportStream + '_>>;
+}
+
+#[async_trait]
+pub trait ExportStream: Send {
+    /// The export's size in bytes, as announced.
+    fn size(&self) -> u64;
+    /// Copies the whole export into `out` as it arrives, calling `progress` with the bytes
+    /// so far; an export that ends short of its size, or is cut, is an error.
+    async fn copy_to(self: Box<Self>, out: Writer<'_>, progress: &mut (dyn FnMut(u64) + Send)) -> anyhow::Result<u64>;
+}

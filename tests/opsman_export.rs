@@ -1,0 +1,114 @@
+//! Ops Manager's installation export backed up into S3 (s3s-fs) from the API double, as a
+//! committed artifact of its own: streamed through zstd and age, listed and verified by
+//! lockstep, and restored by hand with the AWS CLI, `age`, `zstd` and `tar` into the very
+//! bytes Ops Manager sent. A download cut mid-stream leaves nothing in the bucket, which
+//! the AWS CLI lists.
+
+mod s3_support;
+mod support;
+
+use lockstep::artifact::stored;
+use lockstep::events::NoEvents;
+use lockstep::orchestrate::backup::BackupOptions;
+use lockstep::orchestrate::export::backup_export;
+use lockstep::orchestrate::restore::open_and_verify_with;
+use lockstep::orchestrate::Ctx;
+use lockstep::store::codec::{Codec, Compression, Identities};
+use lockstep::store::s3::S3Store;
+use lockstep::target::opsman::export::InstallationExport;
+use lockstep::target::opsman::{OpsManAuth, OpsManClient, OpsManConfig};
+use lockstep::transport::ssh::Secret;
+use s3_support::{find_bin, missing, S3sFs};
+use std::sync::Arc;
+use std::time::Duration;
+use support::opsman::{zip_bytes, OpsMan, Spec};
+
+const KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nbbr\n-----END RSA PRIVATE KEY-----\n";
+
+async fn exporter(om: &OpsMan, spec: &Spec) -> InstallationExport {
+    let cfg = OpsManConfig {
+        target: om.url.clone(),
+        auth: OpsManAuth::User { username: spec.user.0.clone(), password: Secret::new(spec.user.1.clone()) },
+        ca_pem: Some(om.ca_pem.clone().into_bytes()),
+        skip_ssl_validation: false,
+        proxy: None,
+        request_timeout: Duration::from_secs(600),
+    };
+    InstallationExport { client: OpsManClient::connect(&cfg).await.unwrap() }
+}
+
+fn age_keys(dir: &std::path::Path) -> Option<(std::path::PathBuf, String)> {
+    let Some(keygen) = find_bin("age-keygen") else {
+        missing("age-keygen");
+        return None;
+    };
+    let path = dir.join("age.key");
+    assert!(std::process::Command::new(keygen).arg("-o").arg(&path).output().unwrap().status.success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    Some((path, text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_string()))
+}
+
+fn listing(server: &S3sFs) -> String {
+    let out = server.aws().unwrap().args(["s3", "ls", "--recursive", "s3://backups/"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_is_a_committed_artifact_restorable_by_hand() {
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("backups");
+    let dir = tempfile::TempDir::new().unwrap();
+    let Some((key, recipient)) = age_keys(dir.path()) else { return };
+    let (Some(age), Some(zstd)) = (find_bin("age"), find_bin("zstd")) else { return missing("age and zstd") };
+    let mut spec = Spec::platform(KEY);
+    spec.export_size = 24 << 20;
+    let om = OpsMan::start(spec.clone());
+    let store = S3Store::new(&server.config("backups", "platform")).unwrap();
+    let opts = BackupOptions { codec: Codec { compression: Compression::from_name("zstd").unwrap(), recipients: vec![recipient] }, ..Default::default() };
+    let ctx = Ctx::new(Arc::new(NoEvents));
+    let out = backup_export(&ctx, &exporter(&om, &spec).await, &store, &opts).await;
+    assert!(out.failures.is_empty(), "{}", out.failures.render());
+    let name = out.artifact.unwrap();
+    assert!(name.starts_with("opsman_"), "{name}");
+    assert_eq!(stored::list(&store).await.unwrap(), vec![name.clone()]);
+    let ids = Identities::from_files(&[key.clone()]).unwrap();
+    open_and_verify_with(&ctx, &store, &name, false, &ids).await.unwrap();
+    let l = listing(&server);
+    assert!(l.contains(&format!("platform/{name}/opsman-export.tar.zst.age")) && l.contains(&format!("platform/{name}/lockstep.json")), "{l}");
+
+    // By hand, as docs/stores.md says: aws s3 cp, age -d, zstd -d, tar -x.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    let aws = find_bin("aws").unwrap();
+    let script = format!(
+        "set -eo pipefail; {aws} --endpoint-url {ep} s3 cp s3://backups/platform/{name}/opsman-export.tar.zst.age - | {age} -d -i {key} | {zstd} -d -q | tar -x -C {out}",
+        aws = aws.display(),
+        ep = server.endpoint(),
+        age = age.display(),
+        key = key.display(),
+        zstd = zstd.display(),
+        out = restored.display()
+    );
+    let o = std::process::Command::new("bash").args(["-c", &script]).envs(server.env()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(restored.join("installation.zip")).unwrap() == zip_bytes(spec.export_size), "the restored export differs from what Ops Manager sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_mid_stream_leaves_nothing_in_the_bucket() {
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("backups");
+    let mut spec = Spec::platform(KEY);
+    spec.export_size = 32 << 20;
+    spec.export_cut_after = Some(20 << 20);
+    let om = OpsMan::start(spec.clone());
+    let store = S3Store::new(&server.config("backups", "platform")).unwrap();
+    let ctx = Ctx::new(Arc::new(NoEvents));
+    let out = backup_export(&ctx, &exporter(&om, &spec).await, &store, &BackupOptions::default()).await;
+    let text = out.failures.render();
+    assert!(out.artifact.is_none() && text.contains("installation.zip was not stored") && text.contains("stopped after"), "{text}");
+    assert!(stored::list(&store).await.unwrap().is_empty());
+    let l = listing(&server);
+    assert!(!l.contains("opsman_"), "the cut export left objects:\n{l}");
+}
