@@ -112,3 +112,52 @@ async fn an_export_cut_mid_stream_leaves_nothing_in_the_bucket() {
     let l = listing(&server);
     assert!(!l.contains("opsman_"), "the cut export left objects:\n{l}");
 }
+
+fn lockstep_opsman(om: &OpsMan, spec: &Spec, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .arg("opsman")
+        .args(args)
+        .args(["--ca-cert", &om.ca_pem])
+        .env("OM_TARGET", &om.url)
+        .env("OM_USERNAME", &spec.user.0)
+        .env("OM_PASSWORD", &spec.user.1)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_discovers_without_printing_a_secret_and_exports_into_a_store() {
+    let spec = Spec::platform(KEY);
+    let om = OpsMan::start(spec.clone());
+    let out = lockstep_opsman(&om, &spec, &["discover"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("director: 10.0.0.6 (BBR client bbr_client, SSH user bbr)"), "{stdout}");
+    assert!(stdout.contains("product: cf deployment cf-9f8e7d6c5b4a") && stdout.contains("applying changes: no"), "{stdout}");
+    for secret in ["bbr-client-secret", "RSA PRIVATE KEY", &spec.user.1] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} printed:\n{stdout}{stderr}");
+    }
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let out = lockstep_opsman(&om, &spec, &["export", "--store", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("store it encrypted (--encrypt-to)") && stderr.contains("Ops Manager installation exported: opsman_"), "{stderr}");
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep")).args(["list", "--store", &url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("opsman_"), "{}", String::from_utf8_lossy(&list.stdout));
+}
+
+#[test]
+fn the_cli_refuses_to_export_while_changes_are_applied() {
+    let mut spec = Spec::platform(KEY);
+    spec.installations.insert(0, (9, "running".into(), "bob".into()));
+    let om = OpsMan::start(spec.clone());
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = lockstep_opsman(&om, &spec, &["export", "-a", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is applying changes (installation 9, started by bob"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+    assert!(!om.calls().iter().any(|c| c.contains("installation_asset_collection")), "{:?}", om.calls());
+}

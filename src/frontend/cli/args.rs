@@ -439,3 +439,62 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
+
+/// Ops Manager: where it is and how to log in, as `om` names them.
+#[derive(Args, Debug)]
+pub struct OpsmanArgs {
+    /// Ops Manager's URL (https is assumed).
+    #[arg(long, short = 't', env = "OM_TARGET", global = true)]
+    pub target: Option<String>,
+    /// A UAA user of Ops Manager (with --password).
+    #[arg(long, short = 'u', env = "OM_USERNAME", global = true)]
+    pub username: Option<String>,
+    /// The user's password. On the command line it shows in process listings: prefer OM_PASSWORD.
+    #[arg(long, short = 'p', env = "OM_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<Secret>,
+    /// A UAA client of Ops Manager instead of a user (with --client-secret).
+    #[arg(long, short = 'c', env = "OM_CLIENT_ID", global = true)]
+    pub client_id: Option<String>,
+    /// The client's secret; prefer OM_CLIENT_SECRET.
+    #[arg(long, short = 's', env = "OM_CLIENT_SECRET", hide_env_values = true, global = true)]
+    pub client_secret: Option<Secret>,
+    /// The CA that signed Ops Manager's certificate: a path, or the PEM itself.
+    #[arg(long, value_name = "PATH|PEM", global = true, allow_hyphen_values = true)]
+    pub ca_cert: Option<String>,
+    /// Accept any certificate (a machine in the middle could take the credentials).
+    #[arg(long, short = 'k', env = "OM_SKIP_SSL_VALIDATION", global = true)]
+    pub skip_ssl_validation: bool,
+    /// The longest one request may take; the installation export is one request.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::config::parse_duration, global = true)]
+    pub request_timeout: std::time::Duration,
+    #[command(subcommand)]
+    pub action: OpsmanAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum OpsmanAction {
+    /// Print what Ops Manager knows of the platform (the director's address and BBR
+    /// client, the products and their deployments, whether changes are being applied).
+    /// Prints no secret.
+    Discover,
+    /// Back up Ops Manager's installation (its settings export, installation.zip) into a
+    /// store as the artifact opsman_<time>: streamed, compressed and encrypted as every
+    /// artifact, never staged on disk. Refused while changes are being applied.
+    Export {
+        /// Store the artifact here: s3://BUCKET/PREFIX?... or file:///PATH. Repeat for replicas.
+        #[arg(long = "store", value_name = "URL", required_unless_present = "artifact_path")]
+        stores: Vec<String>,
+        /// A directory instead of a store.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// zstd (default), zstd:LEVEL, gzip, gzip:LEVEL or none.
+        #[arg(long, value_name = "CODEC")]
+        compression: Option<Compression>,
+        /// Encrypt with age to this recipient (age1...) or every recipient in this file.
+        /// The export holds the key to every credential of the platform: encrypt it.
+        #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
+        encrypt_to: Vec<String>,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
+}

@@ -5,7 +5,8 @@
 //!   and `restore-cleanup`, bbr's flags and exit-code bits, so scripts can swap `bbr` for
 //!   `lockstep`;
 //! - lockstep's own commands (`own.rs`): `list`, `verify`, `fetch`, `prune`, `run` (the
-//!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`.
+//!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`;
+//! - `opsman` (`opsman.rs`): Ops Manager's platform discovery and installation export.
 //!
 //! `args.rs` holds every flag definition. This module parses, dispatches, and renders a
 //! run's closing block (timings, errors, the cleanup advice).
@@ -18,6 +19,7 @@
 mod args;
 mod bbr;
 mod command_line;
+mod opsman;
 mod own;
 #[cfg(test)]
 mod tests;
@@ -106,6 +108,10 @@ pub enum Command {
     /// deleted), then delete. Never deletes the newest artifact of a deployment nor
     /// anything younger than --min-age; sweeps uncommitted leftovers older than --grace.
     Prune(PruneArgs),
+    /// Ops Manager (Tanzu): discover the platform's director and products, or back up
+    /// the installation export. Logs in as `om` does (OM_TARGET, OM_USERNAME/OM_PASSWORD
+    /// or OM_CLIENT_ID/OM_CLIENT_SECRET, OM_SKIP_SSL_VALIDATION).
+    Opsman(OpsmanArgs),
     /// Run an action with the configuration a Concourse resource's `source:` holds (JSON
     /// or YAML), from $LOCKSTEP_CONFIG or --config FILE. This is what the tasks in tasks/ run.
     Run(RunArgs),
@@ -242,6 +248,7 @@ async fn run_command(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Fetch(args) => own::fetch(ctx, args).await,
         Command::Prune(args) => own::prune(args).await,
         Command::Run(args) => own::run_configured(ctx, args).await,
+        Command::Opsman(args) => opsman::run(ctx, args).await,
         Command::ValidatePipeline(args) => own::validate_pipeline(args).await,
         Command::Demo(args) => crate::frontend::demo::run(ctx, args.dir).await,
     }
