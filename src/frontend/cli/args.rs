@@ -234,7 +234,8 @@ pub enum Action {
         #[command(flatten)]
         s3: S3Flags,
     },
-    /// Restore from an artifact directory or a store, after verifying every checksum.
+    /// Restore from an artifact directory or a store, verifying every checksum as it streams
+    /// (no lock or restore script runs until every artifact arrived intact).
     #[command(visible_alias = "r")]
     Restore {
         /// The artifact directory to restore from.
