@@ -84,6 +84,18 @@ mod tests {
         assert_eq!(u64::from_be_bytes(h[128..136].try_into().unwrap()), 10 << 30);
     }
 
+    #[test]
+    fn the_header_reads_back_before_the_data() {
+        use crate::artifact::tar_hash::file_entry;
+        for size in [0, 1, 8 << 30, 20 << 30] {
+            let h = file_header("./installation.zip", size, 1_700_000_000).unwrap();
+            assert_eq!(file_entry(&h).unwrap(), ("./installation.zip".to_string(), size));
+        }
+        let mut h = file_header("./installation.zip", 5, 0).unwrap();
+        h[130] ^= 1;
+        assert!(file_entry(&h).unwrap_err().to_string().contains("checksum"));
+    }
+
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }

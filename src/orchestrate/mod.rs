@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod discover;
 pub mod export;
+pub mod import;
 pub mod failure;
 pub mod levels;
 pub mod lock_window;

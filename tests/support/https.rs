@@ -1,7 +1,9 @@
 //! A blocking HTTPS server for the API doubles (BOSH director, Ops Manager): real TLS with
 //! a CA and a server certificate for 127.0.0.1 made with `openssl`, one request per
 //! connection, answered by the double's handler. Bodies are sent whole or, for large
-//! answers (an installation export), streamed with `Transfer-Encoding: chunked`.
+//! answers (an installation export), streamed with `Transfer-Encoding: chunked`. A
+//! `multipart/form-data` request body (an installation import) is read as it arrives, its
+//! file parts hashed rather than held.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +18,31 @@ pub struct Request {
     pub path: String,
     pub query: String,
     pub headers: HashMap<String, String>,
+    /// The body; empty for `multipart/form-data`, which is read as it streams into
+    /// `form` instead (a file part of gigabytes is hashed, never held).
     pub body: Vec<u8>,
+    pub form: Option<Form>,
+}
+
+/// A `multipart/form-data` body, as a server that spools its file parts sees it.
+#[derive(Debug, Default, Clone)]
+pub struct Form {
+    /// Fields without a file name: (name, value).
+    pub fields: Vec<(String, String)>,
+    pub files: Vec<FilePart>,
+    /// The body ended before its `Content-Length` (the client stopped sending), or its
+    /// closing boundary never came.
+    pub cut: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilePart {
+    pub field: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The first bytes (a zip starts with `PK\x03\x04`).
+    pub head: Vec<u8>,
 }
 
 /// Status line, headers, body.
@@ -202,11 +228,144 @@ pub fn read_request(stream: &mut impl Read) -> Option<Request> {
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
     let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
+    let boundary = headers
+        .get("content-type")
+        .filter(|t| t.starts_with("multipart/form-data"))
+        .and_then(|t| t.split(';').find_map(|p| p.trim().strip_prefix("boundary=")).map(|b| b.trim_matches('"').to_string()));
+    let (body, form) = match boundary {
+        Some(b) => (Vec::new(), Some(read_form(&mut r.take(len as u64), len as u64, &b))),
+        None => {
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).ok()?;
+            (body, None)
+        }
+    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target, String::new()),
     };
-    Some(Request { method, path, query, headers, body })
+    Some(Request { method, path, query, headers, body, form })
+}
+
+/// Reads a multipart body of `len` bytes as it arrives: fields kept, file parts hashed.
+fn read_form(r: &mut impl Read, len: u64, boundary: &str) -> Form {
+    use sha2::{Digest, Sha256};
+    let mut form = Form::default();
+    let delim = format!("\r\n--{boundary}").into_bytes();
+    // The body starts with the first boundary line (the preamble's CRLF is not there).
+    let mut buf: Vec<u8> = b"\r\n".to_vec();
+    let mut src = Feed { r, chunk: vec![0u8; 256 * 1024], got: 0, eof: false };
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    // Up to the first delimiter.
+    loop {
+        if let Some(at) = find(&buf, &delim) {
+            buf.drain(..at + delim.len());
+            break;
+        }
+        if !src.more(&mut buf) {
+            form.cut = true;
+            return form;
+        }
+    }
+    loop {
+        // After a delimiter: "--" ends the body, CRLF starts a part.
+        while buf.len() < 2 && src.more(&mut buf) {}
+        if buf.starts_with(b"--") {
+            form.cut = src.got < len;
+            return form;
+        }
+        let headers_end = loop {
+            if let Some(at) = find(&buf, b"\r\n\r\n") {
+                break at;
+            }
+            if !src.more(&mut buf) {
+                form.cut = true;
+                return form;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..headers_end]).into_owned();
+        buf.drain(..headers_end + 4);
+        let disposition = head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition:")).unwrap_or_default().to_string();
+        let param = |key: &str| {
+            let k = format!("{key}=\"");
+            disposition.find(&k).map(|at| {
+                let rest = &disposition[at + k.len()..];
+                let mut v = String::new();
+                let mut chars = rest.chars();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => v.extend(chars.next()),
+                        '"' => break,
+                        c => v.push(c),
+                    }
+                }
+                v
+            })
+        };
+        let (field, filename) = (param("name").unwrap_or_default(), param("filename"));
+        let (mut hasher, mut size, mut value, mut first) = (Sha256::new(), 0u64, Vec::new(), Vec::new());
+        let mut take = |bytes: &[u8]| {
+            if first.len() < 8 {
+                first.extend_from_slice(&bytes[..bytes.len().min(8 - first.len())]);
+            }
+            size += bytes.len() as u64;
+            if filename.is_some() {
+                hasher.update(bytes);
+            } else {
+                value.extend_from_slice(bytes);
+            }
+        };
+        loop {
+            if let Some(at) = find(&buf, &delim) {
+                take(&buf[..at]);
+                buf.drain(..at + delim.len());
+                break;
+            }
+            // Keep what could be the start of a delimiter.
+            let keep = delim.len().min(buf.len());
+            let upto = buf.len() - keep;
+            take(&buf[..upto]);
+            buf.drain(..upto);
+            if !src.more(&mut buf) {
+                form.cut = true;
+                return form;
+            }
+        }
+        match filename {
+            Some(filename) => form.files.push(FilePart { field, filename, size, sha256: hex(&hasher.finalize()), head: first }),
+            None => form.fields.push((field, String::from_utf8_lossy(&value).into_owned())),
+        }
+    }
+}
+
+/// The body's bytes as they come, counted.
+struct Feed<'a, R: Read> {
+    r: &'a mut R,
+    chunk: Vec<u8>,
+    got: u64,
+    eof: bool,
+}
+
+impl<R: Read> Feed<'_, R> {
+    /// Reads more into `buf`; false at the end of the body.
+    fn more(&mut self, buf: &mut Vec<u8>) -> bool {
+        if self.eof {
+            return false;
+        }
+        match self.r.read(&mut self.chunk) {
+            Ok(0) | Err(_) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.got += n as u64;
+                buf.extend_from_slice(&self.chunk[..n]);
+                true
+            }
+        }
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

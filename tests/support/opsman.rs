@@ -21,8 +21,27 @@
 //! shorten the lifetime the double accepts while it announces a long one, so only a
 //! client that renews on a 401 gets through). Every call is logged; anything else is
 //! recorded as unexpected.
+//!
+//! An **unconfigured** Ops Manager (a fresh VM, `Spec::configured` false) answers as `om
+//! import-installation` expects (pivotal-cf/om `api/setup_service.go` and its test
+//! fixtures, `acceptance/import_installation_test.go`):
+//!
+//! - `GET /login/ensure_availability`, unauthenticated: `302` to `/setup` while fresh; after
+//!   an import, `200` "Waiting for authentication system to start..." for
+//!   `Spec::import_polls` calls, then `302` to `/auth/cloudfoundry` (configured), which is
+//!   also what a configured Ops Manager answers.
+//! - `POST /api/v0/installation_asset_collection`, unauthenticated, `multipart/form-data`
+//!   with the file part `installation[file]` and the field `passphrase`: the file is hashed
+//!   as it arrives (sha256 and size recorded, never held); `200 {}` when the passphrase is
+//!   the installation's and the file is a zip. A wrong passphrase is `422` with the API's
+//!   nested-errors shape; Ops Manager's reference names no answer for it, so the status and
+//!   message are the double's choice. A body cut short is counted and never imported. On a
+//!   configured Ops Manager the POST is `401` and recorded as unexpected.
+//! - Until an import finishes, the UAA answers `503` and `/api/` calls `400` "Setup is not
+//!   completed" (the API's `RequireSetupCompleted`).
 
-use super::https::{b64, json, Answer, Handler, Https, Request, Response};
+use super::https::{b64, hex, json, Answer, Handler, Https, Request, Response};
+use sha2::{Digest, Sha256};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +68,13 @@ pub struct Spec {
     pub export_cut_after: Option<usize>,
     /// Announce the export's length (as Ops Manager does); else send it chunked.
     pub export_length: bool,
+    /// Set up already; false: a fresh VM waiting for its setup or an import.
+    pub configured: bool,
+    /// The decryption passphrase an import must come with.
+    pub passphrase: String,
+    /// `ensure_availability` calls answered "Waiting for authentication system..." after
+    /// an import, before Ops Manager is configured.
+    pub import_polls: usize,
 }
 
 impl Spec {
@@ -71,8 +97,24 @@ impl Spec {
             export_size: 1 << 20,
             export_cut_after: None,
             export_length: true,
+            configured: true,
+            passphrase: "the passphrase: \"&=+ \u{263a}".into(),
+            import_polls: 2,
         }
     }
+
+    /// A fresh Ops Manager VM that will take `platform`'s installation.
+    pub fn unconfigured(platform: &Spec) -> Spec {
+        Spec { configured: false, ..platform.clone() }
+    }
+}
+
+/// An installation a fresh Ops Manager took.
+#[derive(Debug, Clone)]
+pub struct Import {
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Default)]
@@ -83,6 +125,13 @@ struct State {
     tokens: Vec<(String, Instant)>,
     /// How long a token is accepted, and the `expires_in` announced.
     token_life: (Duration, u64),
+    /// sha256 of each export served whole.
+    served: Vec<String>,
+    imports: Vec<Import>,
+    /// Import uploads whose body was cut short.
+    cut_uploads: usize,
+    /// After an import: `ensure_availability` calls left before it is configured.
+    importing: Option<usize>,
 }
 
 pub struct OpsMan {
@@ -98,16 +147,28 @@ impl OpsMan {
         let spec = Arc::new(Mutex::new(spec));
         let state = Arc::new(Mutex::new(State { token_life: (Duration::from_secs(3600), 3600), ..State::default() }));
         let (sp, st) = (spec.clone(), state.clone());
-        let https = Https::start_streaming("lockstep-opsman-", "lockstep test Ops Manager CA", move |_url| {
+        let https = Https::start_streaming("lockstep-opsman-", "lockstep test Ops Manager CA", move |url| {
+            let url = url.to_string();
             Arc::new(move |req: &Request| {
                 if (req.method.as_str(), req.path.as_str()) == ("GET", "/api/v0/installation_asset_collection") && authorized(&st, req) {
                     st.lock().unwrap().calls.push(format!("{} {}", req.method, req.path));
                     let spec = sp.lock().unwrap().clone();
                     let len = spec.export_length.then(|| zip_len(spec.export_size) as u64);
                     let headers = vec![("Content-Type".into(), "application/zip".into())];
-                    return Answer::Stream("200 OK", headers, len, Box::new(move |w| write_zip(w, spec.export_size, spec.export_cut_after)));
+                    let st = st.clone();
+                    return Answer::Stream(
+                        "200 OK",
+                        headers,
+                        len,
+                        Box::new(move |w| {
+                            let mut hashed = HashingWrite(w, Sha256::new());
+                            write_zip(&mut hashed, spec.export_size, spec.export_cut_after)?;
+                            st.lock().unwrap().served.push(hex(&hashed.1.finalize()));
+                            Ok(())
+                        }),
+                    );
                 }
-                Answer::Whole(handle(&sp, &st, req))
+                Answer::Whole(handle(&sp, &st, &url, req))
             }) as Handler
         });
         OpsMan { url: https.url.clone(), ca_pem: https.ca_pem.clone(), spec, state, _https: https }
@@ -133,6 +194,39 @@ impl OpsMan {
     pub fn edit(&self, f: impl FnOnce(&mut Spec)) {
         f(&mut self.spec.lock().unwrap());
     }
+
+    /// The sha256 of each installation export served whole, as the double sent it.
+    pub fn served(&self) -> Vec<String> {
+        self.state.lock().unwrap().served.clone()
+    }
+
+    /// The installations imported (received whole, with the right passphrase).
+    pub fn imports(&self) -> Vec<Import> {
+        self.state.lock().unwrap().imports.clone()
+    }
+
+    /// Import uploads that stopped before their end.
+    pub fn cut_uploads(&self) -> usize {
+        self.state.lock().unwrap().cut_uploads
+    }
+
+    pub fn configured(&self) -> bool {
+        self.spec.lock().unwrap().configured
+    }
+}
+
+/// Hashes what passes on its way to the client.
+struct HashingWrite<'a>(&'a mut dyn std::io::Write, Sha256);
+
+impl std::io::Write for HashingWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// `application/x-www-form-urlencoded` → pairs.
@@ -157,14 +251,25 @@ fn form(body: &[u8]) -> Vec<(String, String)> {
     String::from_utf8_lossy(body).split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
-fn handle(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
+fn handle(spec_lock: &Mutex<Spec>, state: &Mutex<State>, url: &str, req: &Request) -> Response {
     let call = format!("{} {}", req.method, req.path);
     state.lock().unwrap().calls.push(call.clone());
-    let spec = spec.lock().unwrap().clone();
+    let spec = spec_lock.lock().unwrap().clone();
     let unexpected = |why: &str| {
         state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
         json("404 Not Found", json!({"errors": {"base": [format!("unexpected request {call}")]}}))
     };
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/login/ensure_availability") => return availability(spec_lock, state, url),
+        ("POST", "/api/v0/installation_asset_collection") if !spec.configured => return import(spec_lock, state, req),
+        ("POST", "/api/v0/installation_asset_collection") => {
+            unexpected("an import into a configured Ops Manager");
+            return json("401 Unauthorized", json!({"error": "invalid_token", "error_description": "Full authentication is required"}));
+        }
+        (_, "/uaa/oauth/token") if !spec.configured => return json("503 Service Unavailable", json!({"error": "the authentication system is not set up"})),
+        (_, p) if !spec.configured && p.starts_with("/api/") => return json("400 Bad Request", json!({"errors": {"errors": ["Setup is not completed"]}})),
+        _ => {}
+    }
     let auth = req.headers.get("authorization").cloned().unwrap_or_default();
     if (req.method.as_str(), req.path.as_str()) == ("POST", "/uaa/oauth/token") {
         let f = form(&req.body);
@@ -228,6 +333,54 @@ fn handle(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
         ),
         _ => unexpected("not an endpoint of the double"),
     }
+}
+
+/// `/login/ensure_availability`: where a browser would be sent.
+fn availability(spec: &Mutex<Spec>, state: &Mutex<State>, url: &str) -> Response {
+    let redirect = |to: &str| ("302 Found", vec![("Location".to_string(), format!("{url}{to}"))], String::new());
+    let mut sp = spec.lock().unwrap();
+    if sp.configured {
+        return redirect("/auth/cloudfoundry");
+    }
+    let mut st = state.lock().unwrap();
+    match st.importing {
+        None => redirect("/setup"),
+        Some(0) => {
+            sp.configured = true;
+            st.importing = None;
+            redirect("/auth/cloudfoundry")
+        }
+        Some(n) => {
+            st.importing = Some(n - 1);
+            ("200 OK", vec![("Content-Type".into(), "text/html".into())], "<html><body>Waiting for authentication system to start...</body></html>".into())
+        }
+    }
+}
+
+/// `POST /api/v0/installation_asset_collection` on a fresh Ops Manager.
+fn import(spec: &Mutex<Spec>, state: &Mutex<State>, req: &Request) -> Response {
+    let refuse = |what: &str, why: &str| json("422 Unprocessable Entity", json!({"errors": {what: [why]}}));
+    let Some(form) = &req.form else { return refuse("installation", "expected a multipart/form-data upload") };
+    let mut st = state.lock().unwrap();
+    if form.cut {
+        st.cut_uploads += 1;
+        return refuse("installation", "the upload ended early");
+    }
+    if st.importing.is_some() {
+        return refuse("installation", "an import is under way");
+    }
+    let Some(file) = form.files.iter().find(|f| f.field == "installation[file]") else { return refuse("installation", "no installation[file] part") };
+    let passphrase = form.fields.iter().find(|(k, _)| k == "passphrase").map(|(_, v)| v.as_str());
+    let sp = spec.lock().unwrap();
+    if passphrase != Some(sp.passphrase.as_str()) {
+        return json("422 Unprocessable Entity", json!({"errors": {"errors": ["Decryption passphrase is incorrect: the installation cannot be decrypted with it"]}}));
+    }
+    if !file.head.starts_with(b"PK\x03\x04") {
+        return refuse("installation", "the installation file is not a zip");
+    }
+    st.imports.push(Import { filename: file.filename.clone(), size: file.size, sha256: file.sha256.clone() });
+    st.importing = Some(sp.import_polls);
+    json("200 OK", json!({}))
 }
 
 /// The request carries a token the double issued that has not expired.

@@ -101,6 +101,18 @@ struct Pending {
     pax_sparse: bool,
 }
 
+/// The checksum key and size of the regular file the first header of an archive describes:
+/// what a one-entry tar (an export, `artifact::tar_write`) holds, known before its data
+/// arrives. Anything else there (another entry type, a bad checksum) is an error.
+pub fn file_entry(h: &[u8; BLOCK]) -> Result<(String, u64), TarHashError> {
+    verify_checksum(h, 0)?;
+    if !matches!(h[TYPEFLAG], b'0' | 0) {
+        return Err(TarHashError::InvalidHeader { offset: 0, reason: format!("not a regular file (type {:?})", h[TYPEFLAG] as char) });
+    }
+    let size = parse_numeric(&h[SIZE]).map_err(|reason| TarHashError::InvalidHeader { offset: 0, reason: format!("size field: {reason}") })?;
+    Ok((normalize(&header_name(h), 0)?, size))
+}
+
 /// Incremental tar parser that computes [`Checksums`] as bytes pass.
 ///
 /// Feed the stream with [`update`](Self::update) in chunks of any size

@@ -498,4 +498,32 @@ pub enum OpsmanAction {
         #[command(flatten)]
         s3: S3Flags,
     },
+    /// Import a stored installation export (opsman_<time>) into a fresh, unconfigured Ops
+    /// Manager, as `om import-installation` does: streamed from the store, its checksums
+    /// verified on the way (a damaged export is cut off before its end), then waits until
+    /// Ops Manager is ready. Refused when Ops Manager is configured already. Needs no login.
+    Import {
+        /// The export artifact's name (opsman_<time>), as `lockstep list` shows it.
+        #[arg(long, value_name = "NAME")]
+        artifact: String,
+        /// The store holding it: s3://BUCKET/PREFIX?... or file:///PATH. Repeat: the first
+        /// that has each file serves it.
+        #[arg(long = "store", value_name = "URL", required_unless_present = "artifact_path")]
+        stores: Vec<String>,
+        /// A directory of artifacts instead of a store.
+        #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+        artifact_path: Option<PathBuf>,
+        /// age identity file (AGE-SECRET-KEY-1...) for an encrypted artifact. Repeat.
+        #[arg(long = "identity", short = 'i', value_name = "FILE")]
+        identity: Vec<PathBuf>,
+        /// The decryption passphrase of the Ops Manager that was exported; prefer
+        /// OM_DECRYPTION_PASSPHRASE.
+        #[arg(long, short = 'd', env = "OM_DECRYPTION_PASSPHRASE", hide_env_values = true)]
+        decryption_passphrase: Option<Secret>,
+        /// How often to ask whether Ops Manager has finished the import (om's default).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::config::parse_duration)]
+        polling_interval: std::time::Duration,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
 }

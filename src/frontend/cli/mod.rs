@@ -6,7 +6,8 @@
 //!   `lockstep`;
 //! - lockstep's own commands (`own.rs`): `list`, `verify`, `fetch`, `prune`, `run` (the
 //!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`;
-//! - `opsman` (`opsman.rs`): Ops Manager's platform discovery and installation export.
+//! - `opsman` (`opsman.rs`): Ops Manager's platform discovery and installation export;
+//!   `opsman_import.rs`: the export imported into a fresh Ops Manager.
 //!
 //! `args.rs` holds every flag definition. This module parses, dispatches, and renders a
 //! run's closing block (timings, errors, the cleanup advice).
@@ -20,6 +21,7 @@ mod args;
 mod bbr;
 mod command_line;
 mod opsman;
+mod opsman_import;
 mod own;
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,9 @@ fn config(args: &OpsmanArgs) -> anyhow::Result<OpsManConfig> {
 }
 
 pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
+    if matches!(args.action, OpsmanAction::Import { .. }) {
+        return super::opsman_import::run(ctx, args).await;
+    }
     let cfg = config(&args)?;
     if cfg.skip_ssl_validation {
         ctx.warn("--skip-ssl-validation: Ops Manager's certificate is not checked; a machine in the middle could take the credentials");
@@ -48,6 +51,7 @@ pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        OpsmanAction::Import { .. } => unreachable!("handled above: an import needs no login"),
         OpsmanAction::Export { stores, artifact_path, compression, encrypt_to, s3 } => {
             guard(&client).await?;
             let recipients = parse_recipients(&encrypt_to)?;

@@ -12,6 +12,7 @@
 
 pub mod discover;
 pub mod export;
+pub mod import;
 
 use crate::target::uaa::{error_chain, Grant, Uaa};
 use crate::transport::proxy::ConnectProxy;
@@ -93,6 +94,41 @@ pub fn opsman_url(target: &str) -> anyhow::Result<Url> {
     Ok(url)
 }
 
+/// The HTTP client every call to Ops Manager goes through (its CA or none, the proxy or
+/// gateway, the timeouts; redirects are answers, never followed), and the loopback proxy it
+/// needs alive. No login: the import talks to an Ops Manager that has no users yet.
+pub async fn http_client(
+    ca_pem: Option<&[u8]>,
+    skip_ssl_validation: bool,
+    proxy: Option<&Proxy>,
+    request_timeout: Duration,
+) -> anyhow::Result<(reqwest::Client, Option<Arc<ConnectProxy>>)> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(request_timeout);
+    let via = match proxy {
+        Some(p) => Some(Arc::new(ConnectProxy::start(p.clone(), Duration::from_secs(30)).await?)),
+        None => None,
+    };
+    if let Some(v) = &via {
+        let auth = reqwest::header::HeaderValue::from_str(&v.authorization).map_err(|e| anyhow!("proxy token: {e}"))?;
+        builder = builder.proxy(reqwest::Proxy::all(&v.url).map_err(|e| anyhow!("loopback proxy {}: {e}", v.url))?.custom_http_auth(auth));
+    }
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| anyhow!("invalid Ops Manager CA certificate: {e}"))?;
+        if certs.is_empty() {
+            bail!("invalid Ops Manager CA certificate: no certificate in it");
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    if skip_ssl_validation {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    let http = builder.build().map_err(|e| anyhow!("building the Ops Manager HTTP client: {}", error_chain(&e)))?;
+    Ok((http, via))
+}
+
 /// A logged-in Ops Manager API client.
 pub struct OpsManClient {
     base: Url,
@@ -106,29 +142,7 @@ impl OpsManClient {
     /// fail here, each saying what to check.
     pub async fn connect(cfg: &OpsManConfig) -> anyhow::Result<OpsManClient> {
         let base = opsman_url(&cfg.target)?;
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(cfg.request_timeout);
-        let via = match &cfg.proxy {
-            Some(p) => Some(Arc::new(ConnectProxy::start(p.clone(), Duration::from_secs(30)).await?)),
-            None => None,
-        };
-        if let Some(v) = &via {
-            let auth = reqwest::header::HeaderValue::from_str(&v.authorization).map_err(|e| anyhow!("proxy token: {e}"))?;
-            builder = builder.proxy(reqwest::Proxy::all(&v.url).map_err(|e| anyhow!("loopback proxy {}: {e}", v.url))?.custom_http_auth(auth));
-        }
-        if let Some(pem) = &cfg.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| anyhow!("invalid Ops Manager CA certificate: {e}"))?;
-            if certs.is_empty() {
-                bail!("invalid Ops Manager CA certificate: no certificate in it");
-            }
-            builder = builder.tls_certs_only(certs);
-        }
-        if cfg.skip_ssl_validation {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let http = builder.build().map_err(|e| anyhow!("building the Ops Manager HTTP client: {}", error_chain(&e)))?;
+        let (http, via) = http_client(cfg.ca_pem.as_deref(), cfg.skip_ssl_validation, cfg.proxy.as_ref(), cfg.request_timeout).await?;
         let token_url = base.join("/uaa/oauth/token")?;
         let (grant, advice) = match &cfg.auth {
             OpsManAuth::User { username, password } => (
