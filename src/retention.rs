@@ -13,7 +13,14 @@
 //! artifact directories with neither marker nor `metadata` (a crashed or killed backup),
 //! are swept once older than the grace period. A directory with `metadata` but no marker
 //! looks like an artifact made by `bbr` and is never touched.
+//!
+//! Platform records (`platform_<time>/platform.json`, [`crate::artifact::platform`]) are
+//! kept or deleted by the same rules, as the deployment `platform`; every member of a
+//! platform record that is kept is kept with it ("member of platform_<time>"), whatever the
+//! rules say of the member alone, so a kept platform backup is always whole. A record that
+//! cannot be read is left alone and named in the plan.
 
+use crate::artifact::platform::{self, PLATFORM_DEPLOYMENT, PLATFORM_FILE};
 use crate::artifact::{parse_artifact_name, MARKER_FILE, METADATA_FILE};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
@@ -215,6 +222,8 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
     }
     let mut committed = Vec::new();
     let mut uncommitted = Vec::new();
+    // Every platform record, whatever `deployment` is: their members are protected.
+    let mut records: Vec<(Candidate, Vec<String>)> = Vec::new();
     let grace = chrono::Duration::from_std(policy.grace).unwrap_or(chrono::Duration::MAX);
     // A backup in progress holds a live lease naming its artifact: whatever the grace
     // period, its objects are not leftovers.
@@ -228,6 +237,10 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
         .collect();
     for (dir, keys) in dirs {
         let Some(c) = Candidate::from_name(&dir) else { continue };
+        if c.deployment == PLATFORM_DEPLOYMENT && keys.iter().any(|k| k == &format!("{dir}/{PLATFORM_FILE}")) {
+            records.push((c, keys));
+            continue;
+        }
         if deployment.is_some_and(|d| d != c.deployment) {
             continue;
         }
@@ -263,14 +276,46 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
             });
         }
     }
+    let in_scope = deployment.is_none_or(|d| d == PLATFORM_DEPLOYMENT);
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for (c, keys) in records {
+        match platform::read(store, &c.name).await {
+            Ok(r) => {
+                members.push((c.name.clone(), r.members.into_iter().map(|m| m.artifact).collect()));
+                if in_scope {
+                    committed.push(c);
+                }
+            }
+            Err(e) if in_scope => uncommitted.push(Uncommitted {
+                name: c.name,
+                keys,
+                sweep: false,
+                reason: format!("a platform record that cannot be read ({e:#}): left alone, and its members are not protected"),
+            }),
+            Err(_) => {}
+        }
+    }
+    let mut decisions = decide(policy, &committed, now);
+    keep_members(&mut decisions, &members);
     Ok(Plan {
         store: store.describe(),
         policy: policy.clone(),
         now,
-        decisions: decide(policy, &committed, now),
+        decisions,
         uncommitted,
         deployment: deployment.map(str::to_string),
     })
+}
+
+/// Keeps every member of every platform record that is kept (or not in the plan at all:
+/// another deployment's plan does not delete records), with the record's name as the reason.
+pub fn keep_members(decisions: &mut [Decision], records: &[(String, Vec<String>)]) {
+    let deleted: std::collections::BTreeSet<String> = decisions.iter().filter(|d| !d.keep()).map(|d| d.artifact.name.clone()).collect();
+    for (record, artifacts) in records.iter().filter(|(r, _)| !deleted.contains(r)) {
+        for d in decisions.iter_mut().filter(|d| artifacts.contains(&d.artifact.name)) {
+            d.kept_by.push(format!("member of {record}"));
+        }
+    }
 }
 
 impl Plan {
@@ -331,7 +376,9 @@ impl Pruned {
 /// and reports every one.
 pub async fn execute(store: &dyn Store, plan: &Plan) -> Pruned {
     let mut out = Pruned::default();
-    for d in plan.to_delete() {
+    // Platform records before artifacts: a record is never left naming a deleted member.
+    let (records, artifacts): (Vec<&Decision>, Vec<&Decision>) = plan.to_delete().partition(|d| d.artifact.deployment == PLATFORM_DEPLOYMENT);
+    for d in records.into_iter().chain(artifacts) {
         let name = &d.artifact.name;
         let r = async {
             store.delete(&format!("{name}/{MARKER_FILE}")).await?;
@@ -421,6 +468,29 @@ mod tests {
         assert_eq!(kept["other_20230101T000000Z"], &vec!["newest".to_string(), "daily 2023-01-01".into(), "monthly 2023-01".into()]);
         let deleted: Vec<&str> = d.iter().filter(|d| !d.keep()).map(|d| d.artifact.name.as_str()).collect();
         assert_eq!(deleted, vec!["cf_20240301T030000Z", "cf_20240309T010000Z", "cf_20240310T030000Z"]);
+    }
+
+    #[test]
+    fn a_kept_platform_record_keeps_its_members_and_a_deleted_one_does_not() {
+        let now = Utc.with_ymd_and_hms(2024, 3, 10, 12, 0, 0).unwrap();
+        let arts: Vec<Candidate> =
+            ["cf_20240301T000000Z", "cf_20240302T000000Z", "cf_20240309T000000Z", "platform_20240301T000000Z", "platform_20240302T000000Z"]
+                .iter()
+                .map(|n| c(n))
+                .collect();
+        let mut d = decide(&Policy { keep_last: Some(1), ..Policy::default() }, &arts, now);
+        let records = vec![
+            ("platform_20240301T000000Z".to_string(), vec!["cf_20240301T000000Z".to_string()]),
+            ("platform_20240302T000000Z".to_string(), vec!["cf_20240302T000000Z".to_string()]),
+            // Not in the plan (another deployment's prune): protects its members.
+            ("platform_20240101T000000Z".to_string(), vec!["cf_20240309T000000Z".to_string()]),
+        ];
+        keep_members(&mut d, &records);
+        let kept: BTreeMap<&str, &Vec<String>> = d.iter().filter(|d| d.keep()).map(|d| (d.artifact.name.as_str(), &d.kept_by)).collect();
+        assert_eq!(kept["cf_20240302T000000Z"], &vec!["member of platform_20240302T000000Z".to_string()]);
+        assert!(kept["cf_20240309T000000Z"].contains(&"member of platform_20240101T000000Z".to_string()));
+        let deleted: Vec<&str> = d.iter().filter(|d| !d.keep()).map(|d| d.artifact.name.as_str()).collect();
+        assert_eq!(deleted, vec!["cf_20240301T000000Z", "platform_20240301T000000Z"]);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!     metadata                     bbr's YAML: per-file sha256 of every tar entry
 //!     lockstep.json                written last: the commit marker
 //! ```
+//! A platform backup adds one record, `platform_<time>/platform.json`, tying its member
+//! artifacts together ([`platform`]).
+//!
 //! An artifact without `lockstep.json` does not exist for list, prune or restore from a
 //! store; a directory with `metadata` but no marker is accepted for restore only when it
 //! is named directly (an artifact made by `bbr`).
@@ -13,6 +16,7 @@
 pub mod lease;
 pub mod marker;
 pub mod metadata;
+pub mod platform;
 pub mod stored;
 pub mod tar_hash;
 pub mod tar_write;

@@ -13,6 +13,7 @@ pub mod import;
 pub mod failure;
 pub mod levels;
 pub mod lock_window;
+pub mod platform;
 pub mod precheck;
 pub mod restore;
 pub mod run_lock;

@@ -43,6 +43,24 @@ impl DirectorTarget {
         host_public_key: Option<&str>,
         opts: &SshOptions,
     ) -> anyhow::Result<Self> {
+        let name = deployment_name_from_address(host);
+        if name.is_empty() {
+            bail!("--host {host:?} has no host name");
+        }
+        Self::with_key(&name, host, username, KeySource::Path(private_key_path.to_path_buf()), host_public_key, opts)
+    }
+
+    /// [`DirectorTarget::new`] with the key given as a [`KeySource`] (the `bbr` key Ops
+    /// Manager holds, in memory) and the artifact's name given (the director's address as
+    /// Ops Manager knows it, even when SSH goes to a forwarded port).
+    pub fn with_key(
+        name: &str,
+        host: &str,
+        username: &str,
+        key: KeySource,
+        host_public_key: Option<&str>,
+        opts: &SshOptions,
+    ) -> anyhow::Result<Self> {
         let (h, port) = parse_address(host, 22).context("--host")?;
         if username.trim().is_empty() {
             bail!("--username is empty");
@@ -51,18 +69,8 @@ impl DirectorTarget {
             Some(line) => HostKeyChoice::Pinned(ssh::parse_public_key_line(line).context("--host-public-key")?),
             None => HostKeyChoice::Default,
         };
-        let name = deployment_name_from_address(host);
-        if name.is_empty() {
-            bail!("--host {host:?} has no host name");
-        }
-        let spec = HostSpec {
-            id: InstanceId::new("bosh", "0"),
-            host: h,
-            port,
-            username: username.to_string(),
-            key: KeySource::Path(private_key_path.to_path_buf()),
-            host_key,
-        };
+        let spec = HostSpec { id: InstanceId::new("bosh", "0"), host: h, port, username: username.to_string(), key, host_key };
+        let name = name.to_string();
         Ok(DirectorTarget { inner: HostsTarget::new(Inventory { name, instances: vec![spec] }, opts) })
     }
 

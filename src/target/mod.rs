@@ -11,12 +11,14 @@
 //! - [`export`]: a file an API exports (Ops Manager's installation), backed up whole.
 //! - [`uaa`]: UAA tokens for the director's and Ops Manager's APIs.
 //! - [`opsman`]: Ops Manager's API: the director and products of a platform.
+//! - [`platform`]: what a platform backup takes (an API's export, a director, products).
 
 pub mod bosh;
 pub mod director;
 pub mod export;
 pub mod hosts;
 pub mod opsman;
+pub mod platform;
 pub mod ssh_options;
 pub mod uaa;
 

@@ -441,6 +441,46 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// `lockstep opsman backup`: what to back up of the platform, where, and how the director
+/// is reached.
+#[derive(Args, Debug, Clone)]
+pub struct OpsmanBackupArgs {
+    /// The products to back up, by type (cf,p-isolation-segment), or `all`: every product
+    /// Ops Manager deployed but the director.
+    #[arg(long, value_name = "TYPE,...|all", value_delimiter = ',', default_value = "all")]
+    pub products: Vec<String>,
+    /// Store the artifacts here: s3://BUCKET/PREFIX?... or file:///PATH. Repeat for replicas.
+    #[arg(long = "store", value_name = "URL", required_unless_present = "artifact_path")]
+    pub stores: Vec<String>,
+    /// A directory instead of a store.
+    #[arg(short = 'a', long = "artifact-path", conflicts_with = "stores")]
+    pub artifact_path: Option<PathBuf>,
+    /// zstd (default), zstd:LEVEL, gzip, gzip:LEVEL or none.
+    #[arg(long, value_name = "CODEC")]
+    pub compression: Option<Compression>,
+    /// Encrypt with age to this recipient (age1...) or every recipient in this file.
+    /// The export and the director's backup hold every credential of the platform.
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT|FILE")]
+    pub encrypt_to: Vec<String>,
+    /// The director VM's SSH host key ('ssh-rsa AAAA...'); else --known-hosts decides.
+    #[arg(long, value_name = "LINE")]
+    pub host_public_key: Option<String>,
+    /// SSH to the director here instead of the address Ops Manager gives, port 22 (a
+    /// forwarded port).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub director_ssh: Option<String>,
+    /// The director's API here instead of https://ADDRESS:25555.
+    #[arg(long, value_name = "URL")]
+    pub director_url: Option<String>,
+    /// The longest each deployment may stay locked (default 4h).
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub max_lock_window: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub ssh: SshFlags,
+    #[command(flatten)]
+    pub s3: S3Flags,
+}
+
 /// Ops Manager: where it is and how to log in, as `om` names them.
 #[derive(Args, Debug)]
 pub struct OpsmanArgs {
@@ -478,6 +518,12 @@ pub enum OpsmanAction {
     /// client, the products and their deployments, whether changes are being applied).
     /// Prints no secret.
     Discover,
+    /// Back up the whole platform as one: the installation export, the director (over
+    /// SSH as the bbr user, with the key Ops Manager holds) and each chosen product's
+    /// deployment (through the director's API with Ops Manager's BBR client), each an
+    /// artifact of its own, then a platform record (platform_<time>) committed last. Refused
+    /// while changes are being applied; no record when any member fails.
+    Backup(OpsmanBackupArgs),
     /// Back up Ops Manager's installation (its settings export, installation.zip) into a
     /// store as the artifact opsman_<time>: streamed, compressed and encrypted as every
     /// artifact, never staged on disk. Refused while changes are being applied.

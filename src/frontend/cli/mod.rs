@@ -7,7 +7,8 @@
 //! - lockstep's own commands (`own.rs`): `list`, `verify`, `fetch`, `prune`, `run` (the
 //!   configuration-driven actions the tasks use), `validate-pipeline` and `demo`;
 //! - `opsman` (`opsman.rs`): Ops Manager's platform discovery and installation export;
-//!   `opsman_import.rs`: the export imported into a fresh Ops Manager.
+//!   `opsman_import.rs`: the export imported into a fresh Ops Manager; `platform.rs`: the
+//!   whole platform as one backup (`opsman backup`), and its records in `list` and `verify`.
 //!
 //! `args.rs` holds every flag definition. This module parses, dispatches, and renders a
 //! run's closing block (timings, errors, the cleanup advice).
@@ -23,6 +24,7 @@ mod command_line;
 mod opsman;
 mod opsman_import;
 mod own;
+mod platform;
 #[cfg(test)]
 mod tests;
 

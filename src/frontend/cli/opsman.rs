@@ -82,5 +82,6 @@ pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+        OpsmanAction::Backup(b) => super::platform::backup(ctx, client, b).await,
     }
 }

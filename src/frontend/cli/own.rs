@@ -91,7 +91,8 @@ pub(super) async fn list(ListArgs { artifact_path, store, s3 }: ListArgs) -> any
             Err(e) => damaged.push((name, format!("{e:#}"))),
         }
     }
-    Ok(print_artifacts(&rows, &damaged, &store.describe()))
+    let code = print_artifacts(&rows, &damaged, &store.describe());
+    Ok(code.max(super::platform::print_records(store.as_ref()).await?))
 }
 
 pub(super) async fn verify(ctx: &Ctx, VerifyArgs { artifact, artifact_path, store, identity, s3 }: VerifyArgs) -> anyhow::Result<i32> {
@@ -108,6 +109,9 @@ pub(super) async fn verify(ctx: &Ctx, VerifyArgs { artifact, artifact_path, stor
             (Box::new(s), n, true)
         }
     };
+    if crate::artifact::platform::is_platform_name(&name) {
+        return Ok(super::platform::verify(ctx, store.as_ref(), &name, &ids).await);
+    }
     match open_and_verify_with(ctx, store.as_ref(), &name, accept_bbr, &ids).await {
         Ok(_) => Ok(0),
         Err(e) => {

@@ -12,6 +12,7 @@
 
 pub mod discover;
 pub mod export;
+pub mod platform;
 pub mod import;
 
 use crate::target::uaa::{error_chain, Grant, Uaa};

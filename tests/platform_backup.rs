@@ -1,0 +1,379 @@
+//! `lockstep opsman backup`: a whole platform, as Ops Manager describes it, against the
+//! Ops Manager double (its director's address, BBR client, CA and `bbr` SSH key; its
+//! products), the director double (its BBR client through UAA, the products'
+//! deployments, temporary SSH users) and the sshd fleet (the director VM, reached as
+//! `bbr` with the key Ops Manager holds, and the products' VMs).
+//!
+//! A platform backup is the installation export, the director and each product, each an
+//! ordinary committed artifact, and a platform record committed last. The tests read the
+//! store back with the filesystem and `sha256sum` (not lockstep), verify, prune, and break
+//! it: a product whose deployment the director lacks, an export cut mid-stream, a product
+//! whose backup fails half-way, Ops Manager applying changes.
+
+mod s3_support;
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use support::director::{user_exists, AuthMode, DeploymentSpec, Director, VmSpec};
+use support::fleet::{Fleet, KeyKind};
+use support::opsman::{OpsMan, Spec};
+use tempfile::TempDir;
+
+const CF: &str = "cf-9f8e7d6c5b4a";
+const ISO: &str = "p-isolation-segment-0a1b2c3d";
+/// The director's address as Ops Manager gives it: the director artifact's name.
+const DIRECTOR_IP: &str = "10.0.0.6";
+
+/// The user `bbr` (Ops Manager's BBR SSH user on the director VM), with passwordless sudo,
+/// for as long as any test of this binary needs it; removed after the last one when the
+/// tests created it.
+struct BbrUser;
+
+static BBR: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+impl BbrUser {
+    fn create() -> BbrUser {
+        let mut b = BBR.lock().unwrap();
+        if b.0 == 0 && !user_exists("bbr") {
+            let ok = Command::new("useradd").args(["-M", "-s", "/bin/sh", "-p", "*", "bbr"]).status().unwrap().success();
+            assert!(ok, "useradd bbr failed");
+            fs::write("/etc/sudoers.d/lockstep-bbr", "bbr ALL=(ALL) NOPASSWD: ALL\n").unwrap();
+            fs::set_permissions("/etc/sudoers.d/lockstep-bbr", std::os::unix::fs::PermissionsExt::from_mode(0o440)).unwrap();
+            b.1 = true;
+        }
+        b.0 += 1;
+        BbrUser
+    }
+}
+
+impl Drop for BbrUser {
+    fn drop(&mut self) {
+        let mut b = BBR.lock().unwrap();
+        b.0 -= 1;
+        if b.0 == 0 && b.1 {
+            let _ = fs::remove_file("/etc/sudoers.d/lockstep-bbr");
+            let _ = Command::new("userdel").args(["-f", "bbr"]).status();
+            b.1 = false;
+        }
+    }
+}
+
+struct Platform {
+    fleet: Fleet,
+    director: Director,
+    om: OpsMan,
+    spec: Spec,
+    tmp: TempDir,
+    _bbr: BbrUser,
+}
+
+/// Installs a job with lock, backup, unlock and restore scripts and some data on a VM.
+fn job(vm: &support::fleet::Vm, job: &str, data: &str) {
+    let dir = format!("/var/vcap/store/{job}");
+    fs::create_dir_all(vm.host_path(&dir)).unwrap();
+    fs::write(vm.host_path(&format!("{dir}/data")), data).unwrap();
+    vm.install_script(job, "pre-backup-lock", "#!/bin/sh\ntrue\n");
+    vm.install_script(job, "post-backup-unlock", "#!/bin/sh\ntrue\n");
+    vm.install_script(job, "backup", &format!("#!/bin/sh\ncp -a {dir}/data \"$BBR_ARTIFACT_DIRECTORY\"\n"));
+    vm.install_script(job, "restore", &format!("#!/bin/sh\ncp -a \"$BBR_ARTIFACT_DIRECTORY/data\" {dir}/data\n"));
+}
+
+/// vm0 is the director VM (jobs `director` and `credhub`), vm1 runs cf's `cloud_controller`,
+/// vm2 the isolation segment's `router`. Ops Manager knows the director as 10.0.0.6 and
+/// signs it with the director double's CA; its `bbr` key is authorized on the fleet.
+fn platform(test: &str) -> Option<Platform> {
+    let fleet = Fleet::start(test, 3)?;
+    let bbr = BbrUser::create();
+    job(&fleet.vms[0], "director", "director database\n");
+    job(&fleet.vms[0], "credhub", "credhub database\n");
+    job(&fleet.vms[1], "cloud_controller", "ccdb\n");
+    job(&fleet.vms[2], "router", "routes\n");
+    let vm = |i: usize, group: &str, id: &str| VmSpec {
+        group: group.into(),
+        index: 0,
+        id: id.into(),
+        address: fleet.vms[i].address(),
+        host_key_line: fleet.vms[i].host_key_line.clone(),
+        bootstrap: true,
+    };
+    let manifest = |name: &str, group: &str, job: &str| {
+        format!("name: {name}\ninstance_groups:\n- name: {group}\n  instances: 1\n  jobs:\n  - name: {job}\n    release: {job}-release\n")
+    };
+    let deployments = vec![
+        DeploymentSpec { name: CF.into(), manifest: manifest(CF, "api", "cloud_controller"), vms: vec![vm(1, "api", "a1-api")] },
+        DeploymentSpec { name: ISO.into(), manifest: manifest(ISO, "router", "router"), vms: vec![vm(2, "router", "b2-router")] },
+    ];
+    let key = fleet.key(KeyKind::RsaPem);
+    let mut spec = Spec::platform(&fs::read_to_string(&key.private).unwrap());
+    let (client, secret) = spec.bbr_client.clone().unwrap();
+    let director = Director::start(AuthMode::Uaa { client, secret }, deployments, fleet.dir().join("authorized_keys"));
+    spec.director_ip = DIRECTOR_IP.into();
+    spec.cas = vec![(director.ca_pem.clone(), true)];
+    spec.export_size = 3 << 20;
+    let om = OpsMan::start(spec.clone());
+    Some(Platform { fleet, director, om, spec, tmp: TempDir::new().unwrap(), _bbr: bbr })
+}
+
+impl Platform {
+    fn store(&self, name: &str) -> PathBuf {
+        let d = self.tmp.path().join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `lockstep opsman backup` into `store`, the director reached at the fleet's vm0 and
+    /// the director double, its host key in the fleet's known_hosts.
+    fn backup(&self, store: &Path, products: &str) -> (i32, String) {
+        self.backup_into(&["-a", store.to_str().unwrap()], &[], products)
+    }
+
+    fn backup_into(&self, store: &[&str], env: &[(&'static str, String)], products: &str) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["opsman", "--ca-cert", &self.om.ca_pem, "backup", "--products", products])
+            .args(store)
+            .envs(env.iter().cloned())
+            .arg("--known-hosts")
+            .arg(self.fleet.known_hosts())
+            .args(["--director-ssh", &self.fleet.vms[0].address(), "--director-url", &self.director.url])
+            .env("OM_TARGET", &self.om.url)
+            .env("OM_USERNAME", &self.spec.user.0)
+            .env("OM_PASSWORD", &self.spec.user.1)
+            .env_remove("BOSH_ALL_PROXY")
+            .output()
+            .unwrap();
+        self.text(out)
+    }
+
+    /// Exit code and both streams; no secret may be in them.
+    fn text(&self, out: Output) -> (i32, String) {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        for secret in ["bbr-client-secret", "PRIVATE KEY", &self.spec.user.1, "om-token-", "token-"] {
+            assert!(!text.contains(secret), "{secret} printed:\n{text}");
+        }
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn lockstep(&self, args: &[&str]) -> (i32, String) {
+        self.text(Command::new(env!("CARGO_BIN_EXE_lockstep")).args(args).output().unwrap())
+    }
+}
+
+/// The artifact directories in a local store (committed or not), sorted.
+fn dirs(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(store).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn record_of(store: &Path) -> (String, serde_json::Value) {
+    let names: Vec<String> = dirs(store).into_iter().filter(|d| d.starts_with("platform_")).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let r = serde_json::from_slice(&fs::read(store.join(&names[0]).join("platform.json")).unwrap()).unwrap();
+    (names[0].clone(), r)
+}
+
+#[test]
+fn a_whole_platform_is_backed_up_listed_verified_and_pruned_together() {
+    let Some(p) = platform("a_whole_platform_is_backed_up_listed_verified_and_pruned_together") else { return };
+    let store = p.store("store");
+    let (code, text) = p.backup(&store, "cf,p-isolation-segment");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("store them encrypted (--encrypt-to)"), "{text}");
+
+    // Read back with the filesystem: the record names four committed members, in order,
+    // each with the sha256 of the lockstep.json that is there.
+    let (name, record) = record_of(&store);
+    assert_eq!(record["platform"], name.as_str());
+    assert_eq!(record["source"].as_str().unwrap().trim_end_matches('/'), p.om.url.trim_end_matches('/'));
+    let members = record["members"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = members.iter().map(|m| (m["role"].as_str().unwrap(), m["deployment"].as_str().unwrap())).collect();
+    assert_eq!(got, [("opsman-export", "opsman"), ("director", DIRECTOR_IP), ("product", CF), ("product", ISO)]);
+    assert_eq!(members[2]["product"], "cf");
+    for m in members {
+        let artifact = m["artifact"].as_str().unwrap();
+        assert!(artifact.starts_with(&format!("{}_", m["deployment"].as_str().unwrap())), "{artifact}");
+        let marker = store.join(artifact).join("lockstep.json");
+        assert_eq!(sha256sum(&marker), m["marker_sha256"].as_str().unwrap(), "{artifact}");
+        assert!(store.join(artifact).join("metadata").is_file(), "{artifact}");
+    }
+    let director_artifact = members[1]["artifact"].as_str().unwrap();
+    for f in ["bosh-0-director.tar.zst", "bosh-0-credhub.tar.zst"] {
+        assert!(store.join(director_artifact).join(f).is_file(), "{f} missing: {:?}", dirs(&store.join(director_artifact)));
+    }
+    assert!(store.join(members[0]["artifact"].as_str().unwrap()).join("opsman-export.tar.zst").is_file());
+    // The guard ran before and after; the products' temporary users are gone; the
+    // director VM was reached as bbr.
+    let installations = p.om.calls().iter().filter(|c| *c == "GET /api/v0/installations").count();
+    assert!(installations >= 3, "{:?}", p.om.calls());
+    assert!(p.om.unexpected().is_empty() && p.director.unexpected().is_empty(), "{:?} {:?}", p.om.unexpected(), p.director.unexpected());
+    assert!(p.director.live_users().is_empty() && p.director.created_users().len() == 2, "{:?}", p.director.created_users());
+    assert!(p.fleet.vms[0].log().contains("Accepted publickey for bbr"), "{}", p.fleet.vms[0].log());
+
+    // list shows the record and each member, committed; verify passes.
+    let url = format!("file://{}", store.display());
+    let (code, list) = p.lockstep(&["list", "--store", &url]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("PLATFORM BACKUPS") && list.contains(&format!("{name}  ")) && list.contains("complete"), "{list}");
+    for m in members {
+        let line = list.lines().find(|l| l.contains(m["artifact"].as_str().unwrap()) && l.starts_with("  ")).unwrap_or_else(|| panic!("{list}"));
+        assert!(line.trim_end().ends_with("committed"), "{line}");
+    }
+    let (code, out) = p.lockstep(&["verify", &name, "--store", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("Verified platform backup {name}: every file of its 4 members")), "{out}");
+
+    // Newer copies of every member make the rules alone (keep-last 1) delete the members;
+    // the record is kept (the newest platform backup), so its members are too. An older
+    // record, which no rule keeps, is pruned.
+    let newer = |artifact: &str| {
+        let (dep, _) = artifact.rsplit_once('_').unwrap();
+        format!("{dep}_29990101T000000Z")
+    };
+    for m in members {
+        let a = m["artifact"].as_str().unwrap();
+        assert!(Command::new("cp").arg("-a").arg(store.join(a)).arg(store.join(newer(a))).status().unwrap().success());
+    }
+    let old = store.join("platform_20200101T000000Z");
+    fs::create_dir(&old).unwrap();
+    let mut old_record = record.clone();
+    old_record["platform"] = "platform_20200101T000000Z".into();
+    fs::write(old.join("platform.json"), serde_json::to_vec(&old_record).unwrap()).unwrap();
+    let (code, plan) = p.lockstep(&["prune", "--store", &url, "--keep-last", "1", "--min-age", "0s", "--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    for m in members {
+        let a = m["artifact"].as_str().unwrap();
+        let line = plan.lines().find(|l| l.contains(a)).unwrap_or_else(|| panic!("{a} not in\n{plan}"));
+        assert!(line.contains("keep") && line.contains(&format!("member of {name}")), "{line}");
+    }
+    assert!(plan.lines().any(|l| l.contains("delete") && l.contains("platform_20200101T000000Z")), "{plan}");
+    let (code, done) = p.lockstep(&["prune", "--store", &url, "--keep-last", "1", "--min-age", "0s"]);
+    assert_eq!(code, 0, "{done}");
+    assert!(!old.exists(), "the old record was not pruned");
+    for m in members {
+        let a = m["artifact"].as_str().unwrap();
+        assert!(store.join(a).join("lockstep.json").is_file() && store.join(newer(a)).is_dir(), "{a} was pruned:\n{done}");
+    }
+    let (code, out) = p.lockstep(&["verify", &name, "--store", &url]);
+    assert_eq!(code, 0, "after the prune: {out}");
+
+    // A member removed by hand: list and verify call the record incomplete, naming it.
+    let cf = members[2]["artifact"].as_str().unwrap();
+    fs::remove_dir_all(store.join(cf)).unwrap();
+    let (code, list) = p.lockstep(&["list", "--store", &url]);
+    assert_eq!(code, 1, "{list}");
+    assert!(list.contains("INCOMPLETE (1 of 4 members)") && list.contains(&format!("platform backup {name} is incomplete: {cf} MISSING")), "{list}");
+    let (code, out) = p.lockstep(&["verify", &name, "--store", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{cf} (product {CF}): MISSING")), "{out}");
+}
+
+#[test]
+fn a_platform_backup_that_cannot_finish_leaves_no_record() {
+    let Some(p) = platform("a_platform_backup_that_cannot_finish_leaves_no_record") else { return };
+
+    // A product Ops Manager deployed that the director does not have: refused before
+    // anything is taken.
+    p.om.edit(|s| s.products.push(("p-redis".into(), "p-redis-77aa".into())));
+    let store = p.store("missing");
+    let (code, text) = p.backup(&store, "cf,p-redis");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("product p-redis (deployment p-redis-77aa) is deployed according to Ops Manager, but the director"), "{text}");
+    assert!(dirs(&store).is_empty(), "{:?}", dirs(&store));
+    assert!(!p.om.calls().iter().any(|c| c.contains("installation_asset_collection")), "{:?}", p.om.calls());
+
+    // The export cut mid-stream: nothing committed, nothing left, the director untouched.
+    p.om.edit(|s| {
+        s.products.retain(|(t, _)| t != "p-redis");
+        s.export_cut_after = Some(1 << 20);
+    });
+    let store = p.store("cut");
+    let (code, text) = p.backup(&store, "all");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("platform member 1/4 the installation export") && text.contains("installation.zip was not stored"), "{text}");
+    assert!(text.contains("No platform record was written"), "{text}");
+    assert!(dirs(&store).iter().all(|d| d.starts_with('.')), "{:?}", dirs(&store));
+    assert_eq!(p.fleet.vms[0].accepted_logins(), 0, "the director was reached after a failed export");
+
+    // The isolation segment's VMs cannot be listed: the export, the director and cf stay
+    // as ordinary committed artifacts; no record; the error names the member.
+    p.om.edit(|s| s.export_cut_after = None);
+    p.director.fail_vms_task_of(ISO);
+    let store = p.store("half");
+    let (code, text) = p.backup(&store, "all");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("platform member 4/4 product p-isolation-segment (deployment {ISO}) failed")), "{text}");
+    assert!(text.contains("Committed as ordinary artifacts, in no platform record: opsman_"), "{text}");
+    let d = dirs(&store);
+    assert!(!d.iter().any(|n| n.starts_with("platform_")), "{d:?}");
+    for dep in ["opsman_", &format!("{DIRECTOR_IP}_"), &format!("{CF}_")] {
+        let a = d.iter().find(|n| n.starts_with(dep)).unwrap_or_else(|| panic!("{dep} missing: {d:?}"));
+        assert!(store.join(a).join("lockstep.json").is_file(), "{a}");
+    }
+    assert!(!d.iter().any(|n| n.starts_with(ISO)), "{d:?}");
+    assert!(p.director.live_users().is_empty(), "{:?}", p.director.live_users());
+    let (code, list) = p.lockstep(&["list", "-a", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{list}");
+    assert!(!list.contains("PLATFORM BACKUPS"), "{list}");
+}
+
+#[test]
+fn a_platform_backup_is_refused_while_changes_are_applied() {
+    let mut spec = Spec::platform("-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----\n");
+    spec.installations.insert(0, (9, "running".into(), "bob".into()));
+    let om = OpsMan::start(spec.clone());
+    let dir = TempDir::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["opsman", "--ca-cert", &om.ca_pem, "backup", "-a"])
+        .arg(dir.path())
+        .env("OM_TARGET", &om.url)
+        .env("OM_USERNAME", &spec.user.0)
+        .env("OM_PASSWORD", &spec.user.1)
+        .env_remove("BOSH_ALL_PROXY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is applying changes (installation 9, started by bob"), "{stderr}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+    let calls = om.calls();
+    assert!(!calls.iter().any(|c| c.contains("installation_asset_collection") || c.contains("credentials")), "{calls:?}");
+}
+
+#[test]
+fn a_platform_backup_into_s3_is_read_back_with_the_aws_cli() {
+    let Some(server) = s3_support::S3sFs::start() else { return };
+    server.bucket("backups");
+    let Some(p) = platform("a_platform_backup_into_s3_is_read_back_with_the_aws_cli") else { return };
+    let url = server.url("backups", "platform");
+    let (code, text) = p.backup_into(&["--store", &url], &server.env(), "cf");
+    assert_eq!(code, 0, "{text}");
+    let aws = |args: &[&str]| {
+        let out = server.aws().unwrap().args(args).output().unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let listing = String::from_utf8(aws(&["s3", "ls", "--recursive", "s3://backups/platform/"])).unwrap();
+    let record_key = listing.split_whitespace().find(|w| w.ends_with("/platform.json")).unwrap_or_else(|| panic!("{listing}")).to_string();
+    let record: serde_json::Value = serde_json::from_slice(&aws(&["s3", "cp", &format!("s3://backups/{record_key}"), "-"])).unwrap();
+    let members = record["members"].as_array().unwrap();
+    assert_eq!(members.iter().map(|m| m["role"].as_str().unwrap()).collect::<Vec<_>>(), ["opsman-export", "director", "product"]);
+    for m in members {
+        let marker = aws(&["s3", "cp", &format!("s3://backups/platform/{}/lockstep.json", m["artifact"].as_str().unwrap()), "-"]);
+        let tmp = p.tmp.path().join("marker");
+        fs::write(&tmp, &marker).unwrap();
+        assert_eq!(sha256sum(&tmp), m["marker_sha256"].as_str().unwrap(), "{m}");
+    }
+    let (code, out) = p.text(
+        Command::new(env!("CARGO_BIN_EXE_lockstep")).args(["verify", record["platform"].as_str().unwrap(), "--store", &url]).envs(server.env()).output().unwrap(),
+    );
+    assert_eq!(code, 0, "{out}");
+}
