@@ -377,3 +377,129 @@ fn a_platform_backup_into_s3_is_read_back_with_the_aws_cli() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+/// The library alone, with parts of its own (no Ops Manager): a fake export, two local
+/// deployments (the demo's) as the director and a product, a platform that starts changing
+/// after the first question, and a director whose release removes the export's artifact.
+mod library {
+    use async_trait::async_trait;
+    use lockstep::events::{Event, Recorder};
+    use lockstep::frontend::demo::create_deployment;
+    use lockstep::instance::InstanceRef;
+    use lockstep::orchestrate::backup::BackupOptions;
+    use lockstep::orchestrate::platform::backup_platform;
+    use lockstep::orchestrate::Ctx;
+    use lockstep::store::local::LocalStore;
+    use lockstep::target::export::{ExportStream, Exporter};
+    use lockstep::target::platform::{Platform, PlatformParts, ProductPart};
+    use lockstep::target::{LocalTarget, Target};
+    use lockstep::transport::Writer;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+
+    struct Export;
+    struct Stream;
+
+    #[async_trait]
+    impl ExportStream for Stream {
+        fn size(&self) -> u64 {
+            4096
+        }
+        async fn copy_to(self: Box<Self>, out: Writer<'_>, _progress: &mut (dyn FnMut(u64) + Send)) -> anyhow::Result<u64> {
+            out.write_all(&[7u8; 4096]).await?;
+            Ok(4096)
+        }
+    }
+
+    #[async_trait]
+    impl Exporter for Export {
+        fn deployment_name(&self) -> &str {
+            "opsman"
+        }
+        fn file_name(&self) -> &str {
+            "installation.zip"
+        }
+        fn location(&self) -> String {
+            "a fake Ops Manager".into()
+        }
+        async fn start(&self) -> anyhow::Result<Box<dyn ExportStream + '_>> {
+            Ok(Box::new(Stream))
+        }
+    }
+
+    /// Answers `changing` from a list, then "no".
+    struct Source(Mutex<Vec<Option<String>>>);
+
+    #[async_trait]
+    impl Platform for Source {
+        fn location(&self) -> String {
+            "https://opsman.test/".into()
+        }
+        async fn changing(&self) -> anyhow::Result<Option<String>> {
+            let mut a = self.0.lock().unwrap();
+            Ok(if a.is_empty() { None } else { a.remove(0) })
+        }
+    }
+
+    /// A target whose release removes every `opsman_*` directory of the store (a prune or
+    /// an operator, while the platform backup runs).
+    struct Vandal {
+        inner: LocalTarget,
+        store: PathBuf,
+    }
+
+    #[async_trait]
+    impl Target for Vandal {
+        fn deployment_name(&self) -> &str {
+            self.inner.deployment_name()
+        }
+        async fn instances(&self) -> anyhow::Result<Vec<InstanceRef>> {
+            self.inner.instances().await
+        }
+        async fn release(&self) -> anyhow::Result<()> {
+            for e in std::fs::read_dir(&self.store)? {
+                let e = e?;
+                if e.file_name().to_string_lossy().starts_with("opsman_") {
+                    std::fs::remove_dir_all(e.path())?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        super::dirs(dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_started_during_the_run_are_warned_of_and_a_vanished_member_refuses_the_record() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let director = LocalTarget::new("director", create_deployment(&tmp.path().join("d"), true).unwrap());
+        let cf = LocalTarget::new("cf", create_deployment(&tmp.path().join("cf"), true).unwrap());
+        let store_dir = tmp.path().join("store");
+        std::fs::create_dir(&store_dir).unwrap();
+        let store = LocalStore::new(&store_dir);
+        let events = Arc::new(Recorder::default());
+        let ctx = Ctx::new(events.clone());
+
+        let source = Source(Mutex::new(vec![None, Some("Ops Manager is applying changes (installation 10)".into())]));
+        let parts = PlatformParts { source: &source, export: &Export, director: &director, products: vec![ProductPart { kind: "cf".into(), target: &cf }] };
+        let out = backup_platform(&ctx, &parts, &store, &BackupOptions::default()).await;
+        assert!(out.failures.is_empty(), "{}", out.failures.render());
+        let record = out.record.unwrap();
+        assert!(names(&store_dir).contains(&record), "{:?}", names(&store_dir));
+        let warned = events.events().iter().any(|e| matches!(e, Event::Warning(w) if w.contains("installation 10") && w.contains("started while the platform backup ran")));
+        assert!(warned, "no warning of the changes");
+
+        // The export's artifact vanishes before the record is written: no record.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let vandal = Vandal { inner: LocalTarget::new("director", create_deployment(&tmp.path().join("d2"), true).unwrap()), store: store_dir.clone() };
+        let source = Source(Mutex::new(vec![]));
+        let parts = PlatformParts { source: &source, export: &Export, director: &vandal, products: vec![] };
+        let out = backup_platform(&ctx, &parts, &store, &BackupOptions::default()).await;
+        let text = out.failures.render();
+        assert!(out.record.is_none() && text.contains("refusing to commit the platform record") && text.contains("MISSING"), "{text}");
+        assert_eq!(names(&store_dir).iter().filter(|n| n.starts_with("platform_")).count(), 1, "{:?}", names(&store_dir));
+    }
+}

@@ -79,8 +79,23 @@ pub async fn backup_platform(ctx: &Ctx, parts: &PlatformParts<'_>, store: &dyn S
             return out;
         }
     }
-    // 4. The record, last.
+    // 4. The record, last, once every member is seen committed as it was taken (a prune or
+    // an operator could have removed one meanwhile).
     record.members = out.members.clone();
+    match platform::member_states(store, &record).await {
+        Ok(states) => {
+            let gone: Vec<String> = states.iter().filter(|(_, s)| !s.is_committed()).map(|(m, s)| format!("{} {s}", m.artifact)).collect();
+            if !gone.is_empty() {
+                let e = anyhow!("refusing to commit the platform record {}: {} (removed or changed while the backup ran)", record.platform, gone.join(", "));
+                out.failures.push(FailureKind::General, e);
+                return out;
+            }
+        }
+        Err(e) => {
+            out.failures.push(FailureKind::General, e.context(format!("checking the members of {} before committing it", record.platform)));
+            return out;
+        }
+    }
     record.finished_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     match platform::commit(store, &record).await {
         Ok(()) => {

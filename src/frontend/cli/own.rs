@@ -249,7 +249,8 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
                     Err(e) => damaged.push((name, format!("{e:#}"))),
                 }
             }
-            return Ok(print_artifacts(&rows, &damaged, &cfg.store.describe()));
+            let code = print_artifacts(&rows, &damaged, &cfg.store.describe());
+            return Ok(code.max(super::platform::print_records(cfg.open_store()?.as_ref()).await?));
         }
         RunAction::Verify { artifact } => {
             let name = match artifact {
