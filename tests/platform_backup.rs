@@ -135,8 +135,7 @@ impl Platform {
             .args(["opsman", "--ca-cert", &self.om.ca_pem, "backup", "--products", products])
             .args(store)
             .envs(env.iter().cloned())
-            .arg("--known-hosts")
-            .arg(self.fleet.known_hosts())
+            .args(if store.contains(&"--known-hosts") { vec![] } else { vec!["--known-hosts".to_string(), self.fleet.known_hosts().display().to_string()] })
             .args(["--director-ssh", &self.fleet.vms[0].address(), "--director-url", &self.director.url])
             .env("OM_TARGET", &self.om.url)
             .env("OM_USERNAME", &self.spec.user.0)
@@ -301,7 +300,18 @@ fn a_platform_backup_that_cannot_finish_leaves_no_record() {
     assert!(text.contains("platform member 1/4 the installation export") && text.contains("installation.zip was not stored"), "{text}");
     assert!(text.contains("No platform record was written"), "{text}");
     assert!(dirs(&store).iter().all(|d| d.starts_with('.')), "{:?}", dirs(&store));
-    assert_eq!(p.fleet.vms[0].accepted_logins(), 0, "the director was reached after a failed export");
+    assert!(!text.contains("Platform member 2/4"), "the director was backed up after a failed export:\n{text}");
+
+    // The director's host key is not known: refused before the export, saying how to
+    // trust it.
+    let empty = p.tmp.path().join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let store = p.store("unknown-host");
+    let (code, text) = p.backup_into(&["-a", store.to_str().unwrap(), "--known-hosts", empty.to_str().unwrap()], &[], "all");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("platform member 2/4 the director 10.0.0.6 cannot be backed up") && text.contains("host key verification failed"), "{text}");
+    assert!(text.contains(">> ") && text.contains("--host-public-key"), "{text}");
+    assert!(dirs(&store).iter().all(|d| d.starts_with('.')), "{:?}", dirs(&store));
 
     // The isolation segment's VMs cannot be listed: the export, the director and cf stay
     // as ordinary committed artifacts; no record; the error names the member.

@@ -3,7 +3,7 @@
 //! platform record committed last:
 //!
 //! ```text
-//! guard (refuse while the platform is changing)
+//! guard (refuse while the platform is changing), and a pre-backup-check of the director
 //!   -> the API's export (Ops Manager's installation)      opsman_<time>
 //!   -> the director, over SSH                             <director>_<time>
 //!   -> each chosen product's deployment                   <deployment>_<time>
@@ -21,6 +21,7 @@
 
 use super::backup::{backup, BackupOptions};
 use super::export::backup_export;
+use super::precheck::pre_backup_check;
 use super::restore::open_and_verify_with;
 use super::{Ctx, FailureKind, Failures};
 use crate::artifact::platform::{self, Member, MemberState, PlatformRecord};
@@ -57,6 +58,17 @@ pub async fn backup_platform(ctx: &Ctx, parts: &PlatformParts<'_>, store: &dyn S
     }
     let total = 2 + parts.products.len();
     ctx.info(format!("Platform backup {} of {}: {total} members into {}", record.platform, record.source, store.describe()));
+    // The director is checked before the export, which may take an hour: an unknown host
+    // key, a refused key or a leftover artifact directory fail the run before anything
+    // is taken. (The products' deployments are not: checking one sets up SSH users.)
+    ctx.info(format!("Checking that the director {} can be backed up, before the export", parts.director.deployment_name()));
+    let (failures, _) = pre_backup_check(ctx, parts.director).await;
+    if !failures.is_empty() {
+        for f in failures.0 {
+            out.failures.push(f.kind, f.error.context(format!("platform member 2/{total} the director {} cannot be backed up", parts.director.deployment_name())));
+        }
+        return out;
+    }
 
     // 1. The export.
     let what = format!("1/{total} the installation export ({})", parts.export.location());
