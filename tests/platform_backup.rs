@@ -363,15 +363,21 @@ fn a_platform_backup_into_s3_is_read_back_with_the_aws_cli() {
     let Some(server) = s3_support::S3sFs::start() else { return };
     server.bucket("backups");
     let Some(p) = platform("a_platform_backup_into_s3_is_read_back_with_the_aws_cli") else { return };
+    let Some(keygen) = s3_support::find_bin("age-keygen") else { return s3_support::missing("age-keygen") };
+    let key = p.tmp.path().join("age.key");
+    assert!(Command::new(keygen).arg("-o").arg(&key).output().unwrap().status.success());
+    let recipient = fs::read_to_string(&key).unwrap().lines().find_map(|l| l.strip_prefix("# public key: ").map(str::to_string)).unwrap();
     let url = server.url("backups", "platform");
-    let (code, text) = p.backup_into(&["--store", &url], &server.env(), "cf");
+    let (code, text) = p.backup_into(&["--store", &url, "--encrypt-to", &recipient], &server.env(), "cf");
     assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("store them encrypted"), "{text}");
     let aws = |args: &[&str]| {
         let out = server.aws().unwrap().args(args).output().unwrap();
         assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };
     let listing = String::from_utf8(aws(&["s3", "ls", "--recursive", "s3://backups/platform/"])).unwrap();
+    assert!(listing.contains("/opsman-export.tar.zst.age") && listing.contains("/bosh-0-director.tar.zst.age"), "{listing}");
     let record_key = listing.split_whitespace().find(|w| w.ends_with("/platform.json")).unwrap_or_else(|| panic!("{listing}")).to_string();
     let record: serde_json::Value = serde_json::from_slice(&aws(&["s3", "cp", &format!("s3://backups/{record_key}"), "-"])).unwrap();
     let members = record["members"].as_array().unwrap();
@@ -382,10 +388,22 @@ fn a_platform_backup_into_s3_is_read_back_with_the_aws_cli() {
         fs::write(&tmp, &marker).unwrap();
         assert_eq!(sha256sum(&tmp), m["marker_sha256"].as_str().unwrap(), "{m}");
     }
-    let (code, out) = p.text(
-        Command::new(env!("CARGO_BIN_EXE_lockstep")).args(["verify", record["platform"].as_str().unwrap(), "--store", &url]).envs(server.env()).output().unwrap(),
-    );
+    let verify = |extra: &[&str]| {
+        p.text(
+            Command::new(env!("CARGO_BIN_EXE_lockstep"))
+                .args(["verify", record["platform"].as_str().unwrap(), "--store", &url])
+                .args(extra)
+                .envs(server.env())
+                .output()
+                .unwrap(),
+        )
+    };
+    let (code, out) = verify(&["-i", key.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+    // Without the identity every member fails, each named.
+    let (code, out) = verify(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("incomplete or damaged: 3 of its 3 members"), "{out}");
 }
 
 /// The library alone, with parts of its own (no Ops Manager): a fake export, two local
