@@ -27,7 +27,9 @@ use chrono::Utc;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use crate::instance::InstanceRef;
+use crate::store::relay::Relay;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -415,12 +417,52 @@ async fn drain_all(
     (failed, leftovers)
 }
 
+/// Streams `artifact` off `inst` into `sink` and shuts `sink` down, on a task of its own:
+/// the drain's whole data path (channel -> checksums -> encoder -> store object) runs on a
+/// runtime worker, one task per stream. SSH data arrives from the connection's task one
+/// packet (32 KiB) at a time. A consumer task is woken on the worker that received the
+/// packet, mostly without a thread switch; a consumer in the caller's task (the binary's
+/// main thread, under `block_on`) was woken across threads for nearly every packet, and
+/// all streams' checksums ran on that one thread (`cargo bench --bench drain`: a quarter
+/// of the context switches, and less CPU; docs/performance.md).
+/// Returns the sink with the stream's outcome; if this future is dropped, the task is
+/// aborted (and with it the command: see the transports).
+pub async fn drain_stream<W>(inst: &InstanceRef, artifact: &str, sink: W) -> anyhow::Result<(W, anyhow::Result<()>)>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let (inst, artifact) = (inst.clone(), artifact.to_string());
+    let mut task = AbortOnDrop(tokio::spawn(async move {
+        let mut sink = sink;
+        let streamed = async {
+            inst.stream_artifact(&artifact, &mut sink).await?;
+            sink.shutdown().await.context("finishing the stored object")
+        }
+        .await;
+        (sink, streamed)
+    }));
+    match (&mut task.0).await {
+        Ok(done) => Ok(done),
+        Err(e) if e.is_panic() => {
+            Err(anyhow!("internal error: {} (a bug in lockstep: please report it)", crate::panic_message(e.into_panic().as_ref())))
+        }
+        Err(e) => Err(anyhow!("the drain's task ended early: {e}")),
+    }
+}
+
 /// Streams one job's artifact into the store, checksumming each file on the way, and
 /// compares with the checksums computed on the instance.
 ///
 /// ```text
-/// tar stream -> HashingWriter (sha256 per file) -> Counting (progress)
-///            -> Encoder (compress, encrypt) -> MeteredWriter (stored sha256, size) -> object
+/// tar stream -> HashingWriter (sha256 per file) -> Relay (to a task of its own)
+///            -> Counting (progress) -> Encoder (compress, encrypt)
+///            -> MeteredWriter (stored sha256, size) -> object
 /// ```
 async fn drain_one(
     ctx: &Ctx,
@@ -451,15 +493,17 @@ async fn drain_one(
         Ok(e) => e,
         Err(e) => return Err(e.context("starting the compressor/encryptor")),
     };
-    let mut sink = HashingWriter::new(Counting::new(encoder, Some(progress)));
-    let stream = async {
-        inst.stream_artifact(artifact, &mut sink).await?;
-        sink.shutdown().await.context("finishing the stored object")?;
-        Ok::<_, anyhow::Error>(())
-    };
+    // The per-file hashes run on the drain's task; compression, encryption and the stored
+    // object's hash on the relay's, beside them (store/relay.rs).
+    let sink = HashingWriter::new(Relay::spawn(Counting::new(encoder, Some(progress))));
     // The instance computes its own checksums while the stream runs.
-    let (streamed, remote) = tokio::join!(stream, inst.checksum_artifact(artifact));
-    let (counting, hasher) = sink.into_parts();
+    let (streamed, remote) = tokio::join!(drain_stream(inst, artifact, sink), inst.checksum_artifact(artifact));
+    // Only a task that never ended (its runtime shutting down) loses the sink, and with it
+    // the unfinished object, which removes itself when dropped.
+    let (sink, streamed) = streamed?;
+    let (relay, hasher) = sink.into_parts();
+    // After a complete stream the relay was shut down, so its outcome is the stream's.
+    let (counting, _) = relay.finish().await;
     let bytes = counting.bytes();
     let (object, _stored_bytes, sha256) = counting.into_inner().into_inner().into_parts();
     if let Err(e) = streamed {

@@ -7,6 +7,7 @@ pub mod assume_role;
 pub mod codec;
 pub mod local;
 pub mod metered;
+pub mod relay;
 pub mod replicas;
 pub mod s3;
 pub mod s3_uploads;

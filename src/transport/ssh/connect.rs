@@ -116,9 +116,22 @@ pub(super) async fn socks5_connect(proxy_host: &str, proxy_port: u16, host: &str
     Ok(s)
 }
 
+/// How much of the stream is read at once (see [`handshake`]).
+const READ_BUFFER: usize = 256 * 1024;
+/// Messages queued per channel (see [`handshake`]).
+const CHANNEL_BUFFER: usize = 16;
+
 /// The SSH handshake and authentication over an established stream.
 pub(super) async fn handshake(hop: &Hop<'_>, stream: Box<dyn Duplex>, t: &Timeouts, via: Option<Arc<Conn>>) -> anyhow::Result<Conn> {
     let config = Arc::new(client::Config {
+        // Messages russh queues for a channel before it stops reading the connection (its
+        // default: 100, 3 MiB of a stream). A drain's packets are allocated on one side of
+        // that queue and freed on the other; a deep queue swings the heap by megabytes,
+        // which glibc hands back to the kernel and then faults in again, page by page (up
+        // to 150,000 faults and 0.3 s of CPU per GiB). 16 packets keep the swing small;
+        // what else the 2 MiB window lets the server send waits in the socket's buffers
+        // (`cargo bench --bench drain`, docs/performance.md).
+        channel_buffer_size: CHANNEL_BUFFER,
         keepalive_interval: Some(t.keepalive),
         keepalive_max: 3,
         nodelay: true,
@@ -138,12 +151,19 @@ pub(super) async fn handshake(hop: &Hop<'_>, stream: Box<dyn Duplex>, t: &Timeou
         ..client::Config::default()
     });
     let verdict = Arc::new(StdMutex::new(None));
+    let cipher = Arc::new(StdMutex::new(None));
     let handler = Client {
         host: hop.host.to_string(),
         port: hop.port,
         policy: hop.host_key.clone(),
         verdict: verdict.clone(),
+        cipher: cipher.clone(),
     };
+    // russh reads each packet off the stream with two `read_exact` calls (its first block,
+    // then the rest): two system calls per 32 KiB packet on a bare socket. Buffered, one
+    // read takes whatever the socket holds, up to READ_BUFFER, as OpenSSH's client does (up
+    // to 256 KiB): a third of the calls in a drain.
+    let stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     let connected = client::connect_stream(config, stream, handler).await;
     let rejection = verdict.lock().map(|mut v| v.take()).unwrap_or(None);
     let mut handle = match (connected, rejection) {
@@ -166,7 +186,10 @@ pub(super) async fn handshake(hop: &Hop<'_>, stream: Box<dyn Duplex>, t: &Timeou
         .await
         .with_context(|| format!("authenticating as {} on {}", hop.username, host_port(hop.host, hop.port)))?;
     match auth {
-        AuthResult::Success => Ok(Conn { handle, _via: via }),
+        AuthResult::Success => {
+            let cipher = cipher.lock().map(|mut c| c.take()).unwrap_or(None).unwrap_or_default();
+            Ok(Conn { handle, cipher, _via: via })
+        }
         AuthResult::Failure { .. } => bail!(
             "authentication failed: {}@{} did not accept the {}. Check that its public key is in \
              the authorized_keys of user {} on that host",
@@ -218,10 +241,19 @@ pub(super) struct Client {
     pub(super) port: u16,
     pub(super) policy: HostKeyPolicy,
     pub(super) verdict: Arc<StdMutex<Option<String>>>,
+    /// The cipher the key exchange settled on (server to client), for [`SshTransport::cipher`].
+    pub(super) cipher: Arc<StdMutex<Option<String>>>,
 }
 
 impl client::Handler for Client {
     type Error = russh::Error;
+
+    async fn kex_done(&mut self, _secret: Option<&[u8]>, names: &russh::Names, _: &mut client::Session) -> Result<(), Self::Error> {
+        if let Ok(mut c) = self.cipher.lock() {
+            *c = Some(names.cipher.as_ref().to_string());
+        }
+        Ok(())
+    }
 
     async fn check_server_key(&mut self, key: &keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         match verify_host_key(&self.policy, &self.host, self.port, &key.public_key()) {

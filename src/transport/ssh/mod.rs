@@ -113,6 +113,8 @@ struct Timeouts {
 /// One SSH connection (and the gateway connection it is tunnelled through, kept alive).
 struct Conn {
     handle: Handle<Client>,
+    /// The negotiated cipher, e.g. `aes256-gcm@openssh.com`.
+    cipher: String,
     _via: Option<Arc<Conn>>,
 }
 
@@ -151,6 +153,12 @@ impl SshTransport {
     /// would get: unreachable, host key refused, authentication failed.
     pub async fn connect(&self) -> anyhow::Result<()> {
         self.connection().await.map(drop)
+    }
+
+    /// The cipher negotiated on the current connection (`aes256-gcm@openssh.com`, say),
+    /// connecting first if needed. The benchmarks use it to give OpenSSH the same one.
+    pub async fn cipher(&self) -> anyhow::Result<String> {
+        Ok(self.connection().await?.0.cipher.clone())
     }
 
     fn timeouts(&self) -> Timeouts {

@@ -1,0 +1,280 @@
+//! `Relay`: an `AsyncWrite` that hands what is written to a task of its own, which writes it
+//! into the real writer. A stage of a data path behind a relay runs on another runtime
+//! worker, in parallel with the stages in front of it.
+//!
+//! Why: a backup's drain does, per byte, the SSH decryption (russh's connection task), the
+//! per-file SHA-256 for bbr's `metadata`, then compression, encryption and the stored
+//! object's SHA-256. In one task the hashes alone cost about 1.4 CPU s per GiB, in series
+//! with the receive. With a relay after the per-file hash, compression and the stored hash
+//! run beside it: on a worker with two cores or more the drain's wall time approaches its
+//! slowest stage, not the sum (`cargo bench --bench drain`, docs/performance.md).
+//!
+//! Bytes travel in chunks of [`CHUNK`] through a queue of [`DEPTH`] chunks, so a relay holds
+//! at most (DEPTH + 2) * CHUNK bytes; emptied chunks come back to the writer and are reused.
+//! A write error of the inner writer is returned by the next write, flush or shutdown. If
+//! the relay is dropped before [`Relay::finish`], its task is aborted and the inner writer
+//! dropped unfinished (a store object then removes itself).
+
+use std::io;
+use std::pin::Pin;
+use std::future::Future;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::PollSender;
+
+/// Bytes per hand-off: large enough that the queue costs nothing per byte (a few hand-offs
+/// per MiB), small enough to keep both sides busy.
+pub const CHUNK: usize = 256 * 1024;
+/// Chunks queued between the two sides.
+pub const DEPTH: usize = 4;
+
+enum Message {
+    Data(Vec<u8>),
+    /// Everything was written: shut the inner writer down.
+    End,
+}
+
+pub struct Relay<W> {
+    tx: Option<PollSender<Message>>,
+    /// The chunk being filled.
+    pending: Vec<u8>,
+    /// Emptied chunks, back from the task.
+    spares: mpsc::UnboundedReceiver<Vec<u8>>,
+    task: Option<JoinHandle<(W, io::Result<()>)>>,
+    /// The task's outcome, once it ended.
+    ended: Option<(W, io::Result<()>)>,
+    shut: bool,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Relay<W> {
+    /// Starts the task that writes into `inner`. Needs a Tokio runtime.
+    pub fn spawn(inner: W) -> Relay<W> {
+        let (tx, rx) = mpsc::channel(DEPTH);
+        let (spare_tx, spares) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(inner, rx, spare_tx));
+        Relay { tx: Some(PollSender::new(tx)), pending: Vec::with_capacity(CHUNK), spares, task: Some(task), ended: None, shut: false }
+    }
+
+    /// Ends the relay and returns the inner writer with the outcome: `Ok` only if every
+    /// byte was written and the inner writer shut down (after a successful `shutdown`), or
+    /// the first error. Without a prior `shutdown`, the inner writer is not shut down.
+    pub async fn finish(mut self) -> (W, io::Result<()>) {
+        if self.ended.is_none() {
+            // Closing the queue without `End` tells the task to stop without a shutdown.
+            self.tx = None;
+            let task = self.task.take().expect("a relay's task is awaited once");
+            let ended = match task.await {
+                Ok(ended) => ended,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("a relay's task was cancelled: {e}"),
+            };
+            self.ended = Some(ended);
+        }
+        let (inner, result) = self.ended.take().expect("the task's outcome");
+        let result = match result {
+            Ok(()) if !self.shut => Err(io::Error::other("the relay was not shut down")),
+            r => r,
+        };
+        (inner, result)
+    }
+
+    /// Polls the task to its end (after the queue closed or failed).
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ended.is_none() {
+            let task = self.task.as_mut().expect("the relay's task");
+            let ended = match ready!(Pin::new(task).poll(cx)) {
+                Ok(ended) => ended,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("a relay's task was cancelled: {e}"),
+            };
+            self.task = None;
+            self.ended = Some(ended);
+        }
+        Poll::Ready(())
+    }
+
+    /// The task's error, once it ended with one (or a generic one if it ended early).
+    fn task_error(&self) -> io::Error {
+        match &self.ended {
+            Some((_, Err(e))) => io::Error::new(e.kind(), e.to_string()),
+            _ => io::Error::new(io::ErrorKind::BrokenPipe, "the relay's writer ended early"),
+        }
+    }
+
+    /// Queues `msg`; on a closed queue, waits for the task and returns its error.
+    fn poll_send(&mut self, cx: &mut Context<'_>, msg: impl FnOnce(&mut Self) -> Message) -> Poll<io::Result<()>> {
+        let tx = self.tx.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown"))?;
+        if ready!(tx.poll_reserve(cx)).is_ok() {
+            let m = msg(self);
+            if self.tx.as_mut().expect("the queue").send_item(m).is_ok() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        self.tx = None;
+        ready!(self.poll_ended(cx));
+        Poll::Ready(Err(self.task_error()))
+    }
+
+    /// Hands the pending chunk over, if it holds anything.
+    fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_send(cx, |r| {
+            let next = r.spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            Message::Data(std::mem::replace(&mut r.pending, next))
+        }))?;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Relay<W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.len() >= CHUNK {
+            ready!(this.poll_hand_over(cx))?;
+        }
+        let n = buf.len().min(CHUNK - this.pending.len());
+        this.pending.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Hands over what is pending: the bytes are then the task's, not yet the inner writer's
+    /// (only `shutdown` waits for those).
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_hand_over(cx)
+    }
+
+    /// Hands over what is pending, tells the task to shut the inner writer down, and waits
+    /// for it.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.shut {
+            ready!(this.poll_hand_over(cx))?;
+            ready!(this.poll_send(cx, |_| Message::End))?;
+            this.shut = true;
+            this.tx = None;
+        }
+        ready!(this.poll_ended(cx));
+        match &this.ended {
+            Some((_, Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Ready(Err(this.task_error())),
+        }
+    }
+}
+
+impl<W> Drop for Relay<W> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The task: writes every chunk into `inner`, returns emptied chunks, and on `End` shuts
+/// `inner` down. Stops at the first error, or when the queue closes without `End`.
+async fn drive<W: AsyncWrite + Unpin>(mut inner: W, mut rx: mpsc::Receiver<Message>, spares: mpsc::UnboundedSender<Vec<u8>>) -> (W, io::Result<()>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Message::Data(mut chunk) => {
+                if let Err(e) = inner.write_all(&chunk).await {
+                    return (inner, Err(e));
+                }
+                chunk.clear();
+                let _ = spares.send(chunk);
+            }
+            Message::End => {
+                let shut = inner.shutdown().await;
+                return (inner, shut);
+            }
+        }
+    }
+    (inner, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what it is given; fails after `fail_after` bytes if set.
+    #[derive(Clone, Default)]
+    struct Sink {
+        got: Arc<Mutex<Vec<u8>>>,
+        shut: Arc<Mutex<bool>>,
+        fail_after: Option<usize>,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let mut got = self.got.lock().unwrap();
+            if let Some(limit) = self.fail_after
+                && got.len() + buf.len() > limit
+            {
+                return Poll::Ready(Err(io::Error::other("disk full")));
+            }
+            got.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            *self.shut.lock().unwrap() = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_byte_arrives_in_order_and_the_inner_writer_is_shut_down() {
+        let sink = Sink::default();
+        let mut relay = Relay::spawn(sink.clone());
+        let want = data(3 * CHUNK + 12345);
+        // Odd write sizes cross the chunk boundaries.
+        for piece in want.chunks(7777) {
+            relay.write_all(piece).await.unwrap();
+        }
+        relay.shutdown().await.unwrap();
+        let (_, result) = relay.finish().await;
+        result.unwrap();
+        assert_eq!(*sink.got.lock().unwrap(), want);
+        assert!(*sink.shut.lock().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inner_error_reaches_the_writer_and_finish() {
+        let sink = Sink { fail_after: Some(CHUNK + 10), ..Default::default() };
+        let mut relay = Relay::spawn(sink.clone());
+        let mut failed = None;
+        for piece in data(20 * CHUNK).chunks(4096) {
+            if let Err(e) = relay.write_all(piece).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let failed = match failed {
+            Some(e) => e,
+            None => relay.shutdown().await.expect_err("the inner writer failed"),
+        };
+        assert!(failed.to_string().contains("disk full"), "{failed}");
+        let (_, result) = relay.finish().await;
+        assert!(result.unwrap_err().to_string().contains("disk full"));
+        assert!(!*sink.shut.lock().unwrap(), "a failed writer is not shut down");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finishing_without_shutdown_leaves_the_inner_writer_unfinished() {
+        let sink = Sink::default();
+        let mut relay = Relay::spawn(sink.clone());
+        relay.write_all(&data(CHUNK * 2)).await.unwrap();
+        let (_, result) = relay.finish().await;
+        assert!(result.is_err(), "no shutdown: not a complete write");
+        assert!(!*sink.shut.lock().unwrap());
+    }
+}
