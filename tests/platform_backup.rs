@@ -517,7 +517,7 @@ mod library {
         assert!(out.failures.is_empty(), "{}", out.failures.render());
         let record = out.record.unwrap();
         assert!(names(&store_dir).contains(&record), "{:?}", names(&store_dir));
-        let warned = events.events().iter().any(|e| matches!(e, Event::Warning(w) if w.contains("installation 10") && w.contains("started while the platform backup ran")));
+        let warned = events.events().iter().any(|e| matches!(e, Event::Warning(w) if w.contains("installation 10") && w.contains("this began while the platform backup ran")));
         assert!(warned, "no warning of the changes");
 
         // The export's artifact vanishes before the record is written: no record.

@@ -119,7 +119,7 @@ pub async fn backup_platform(ctx: &Ctx, parts: &PlatformParts<'_>, store: &dyn S
     // 5. The guard again: changes applied while the backup ran make it suspect.
     match parts.source.changing().await {
         Ok(None) => {}
-        Ok(Some(why)) => ctx.warn(format!("{why} started while the platform backup ran: take it again once the changes finish")),
+        Ok(Some(why)) => ctx.warn(format!("{why}: this began while the platform backup ran, which may hold a platform half-way through them; take it again once they finish")),
         Err(e) => ctx.warn(format!("could not ask whether the platform changed during the backup: {e:#}")),
     }
     out
