@@ -286,13 +286,13 @@ pub async fn plan(store: &dyn Store, policy: &Policy, deployment: Option<&str>, 
                     committed.push(c);
                 }
             }
-            Err(e) if in_scope => uncommitted.push(Uncommitted {
+            // Named whatever the plan's deployment: its members lose their protection.
+            Err(e) => uncommitted.push(Uncommitted {
                 name: c.name,
                 keys,
                 sweep: false,
                 reason: format!("a platform record that cannot be read ({e:#}): left alone, and its members are not protected"),
             }),
-            Err(_) => {}
         }
     }
     let mut decisions = decide(policy, &committed, now);

@@ -273,6 +273,15 @@ fn a_whole_platform_is_backed_up_listed_verified_and_pruned_together() {
     let (code, out) = p.lockstep(&["verify", &name, "--store", &url]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("{cf} (product {CF}): MISSING")), "{out}");
+
+    // A record that cannot be read is left alone and named, even in another deployment's plan.
+    let damaged = store.join("platform_20210101T000000Z");
+    fs::create_dir(&damaged).unwrap();
+    fs::write(damaged.join("platform.json"), "{\"members\": [").unwrap();
+    let (code, plan) = p.lockstep(&["prune", "--store", &url, "-d", CF, "--keep-last", "1", "--min-age", "0s", "--dry-run"]);
+    assert_eq!(code, 0, "{plan}");
+    let line = plan.lines().find(|l| l.contains("platform_20210101T000000Z")).unwrap_or_else(|| panic!("{plan}"));
+    assert!(line.contains("ignore") && line.contains("cannot be read") && line.contains("not protected"), "{line}");
 }
 
 #[test]
