@@ -95,6 +95,12 @@ def show(value):
 
 # ---------------------------------------------------------------- ((var)) interpolation
 
+def is_local(ref):
+    """((.:name)): a local var, set while the build runs (an across step's var, a load_var
+    step's file), never by the vars file."""
+    return ref.strip().startswith(".:")
+
+
 def lookup(vars_, ref):
     """The value of ((ref)) in the vars, or raises KeyError."""
     ref = ref.strip()
@@ -121,6 +127,8 @@ def interpolate(node, vars_, file, path, problems):
     if not isinstance(node, str):
         return node
     whole = VAR_RE.fullmatch(node)
+    if whole and is_local(whole.group(1)):
+        return node
     if whole:
         try:
             return lookup(vars_, whole.group(1))
@@ -129,6 +137,8 @@ def interpolate(node, vars_, file, path, problems):
             return node
 
     def text(m):
+        if is_local(m.group(1)):
+            return m.group(0)
         try:
             value = lookup(vars_, m.group(1))
         except KeyError:
@@ -222,6 +232,19 @@ def check_step(step, file, path, problems, counts):
         no_get = data.pop("no_get")
         if not isinstance(no_get, bool):
             problems.add(file, f"{label}.no_get", f"must be a boolean, got {show(no_get)}")
+    if "across" in data:
+        # Model gap, tolerated: Concourse's across step (atc/steps.go, AcrossStep) takes
+        # `fail_fast` beside `across`, and each var (AcrossVarConfig, unmarshalled strictly)
+        # only var, values and max_in_flight; ol-concourse 0.5.3 has `fail_fast` inside each
+        # var instead. Checked here as Concourse has them, then given to the model without it.
+        if "fail_fast" in data:
+            fail_fast = data.pop("fail_fast")
+            if not isinstance(fail_fast, bool):
+                problems.add(file, f"{label}.fail_fast", f"must be a boolean, got {show(fail_fast)}")
+        for i, var in enumerate(data["across"] if isinstance(data["across"], list) else []):
+            extra = sorted(set(var) - {"var", "values", "max_in_flight"}) if isinstance(var, dict) else []
+            for key in extra:
+                problems.add(file, f"{label}.across[{i}].{key}", f"unknown key '{key}' (Concourse's across var takes var, values, max_in_flight)")
     if kind == "task" and isinstance(data.get("params"), dict):
         # Model gap, tolerated: ol-concourse 0.5.3 types TaskStep.params as
         # {string: string|null}, but Concourse's task step `params` takes any value: each

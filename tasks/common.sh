@@ -26,14 +26,17 @@ flag() {
   esac
 }
 
-# lockstep_run ARGS...: runs `lockstep run ARGS...` (with --debug when LOCKSTEP_DEBUG is true)
+# lockstep_run ARGS...: runs `lockstep run ARGS...` (see lockstep_exec).
+lockstep_run() {
+  lockstep_exec run "$@"
+}
+
+# lockstep_exec ARGS...: runs `lockstep ARGS...` (with --debug when LOCKSTEP_DEBUG is true)
 # and returns its exit status. An aborted build sends SIGTERM to this script, not to its
 # children: pass it on, then wait for lockstep to finish the unlocks and the cleanup it owes.
-lockstep_run() {
+lockstep_exec() {
   if flag LOCKSTEP_DEBUG "${LOCKSTEP_DEBUG:-false}"; then
-    set -- --debug run "$@"
-  else
-    set -- run "$@"
+    set -- --debug "$@"
   fi
   lockstep "$@" &
   _lockstep_pid=$!
@@ -101,4 +104,37 @@ find_artifact_dir() {
   done
   [ -n "$_found" ] || die "the input $1 is not a bbr artifact directory: no metadata file in it or in a subdirectory"
   printf '%s\n' "$_found"
+}
+
+# unset_empty NAME...: unset each variable that is set but empty. Concourse sets every param
+# a task declares, "" when the pipeline gives none; lockstep reads OM_*, AWS_* and
+# OM_DECRYPTION_PASSPHRASE from the environment, where an empty value is a value.
+unset_empty() {
+  for _v in "$@"; do
+    eval "[ -n \"\${$_v:-}\" ] || unset $_v"
+  done
+}
+
+# lockstep_with_identity ARGS...: lockstep_exec ARGS..., with --identity FILE when
+# LOCKSTEP_AGE_IDENTITY (the age key file's text) is set: written to a file only this user
+# can read, removed afterwards. Returns lockstep's exit status.
+lockstep_with_identity() {
+  _id=
+  if [ -n "${LOCKSTEP_AGE_IDENTITY:-}" ]; then
+    _id=$(umask 077 && mktemp)
+    printf '%s\n' "$LOCKSTEP_AGE_IDENTITY" >"$_id"
+    set -- "$@" --identity "$_id"
+  fi
+  _status=0
+  lockstep_exec "$@" || _status=$?
+  [ -z "$_id" ] || rm -f "$_id"
+  return "$_status"
+}
+
+# opsman_env: the Ops Manager and S3 params as lockstep reads them from the environment
+# (om's variables, the AWS CLI's), empty ones unset.
+opsman_env() {
+  unset_empty OM_USERNAME OM_PASSWORD OM_CLIENT_ID OM_CLIENT_SECRET OM_SKIP_SSL_VALIDATION \
+    OM_DECRYPTION_PASSPHRASE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  export OM_TARGET
 }

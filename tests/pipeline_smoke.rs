@@ -13,13 +13,22 @@
 //! local-directory store, so no server is needed. `tests/pipeline_credentials.rs` runs the
 //! same samples unchanged against the sshd fleet and an S3 server, with their vars from
 //! `fly set-pipeline -l` and from a credential manager.
+//!
+//! The platform pipelines run against the Ops Manager double (`support::opsman`): the
+//! service-instance job's `across` step (one backup per deployment, each a local one named
+//! after the across var), and the restore pipeline's import into a fresh Ops Manager and
+//! its gate. Their director and product steps need a director and its VMs, and the whole
+//! platform backup (`lockstep opsman backup`) is run in `tests/platform_backup.rs`; here
+//! those steps are validated only (`tests/pipelines.rs`).
 
 mod pipeline_support;
+mod support;
 
 use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::model::InstanceId;
-use pipeline_support::runner::{lockstep_dir, task_shell, Runner};
-use pipeline_support::repo;
+use pipeline_support::runner::{lockstep_dir, replace_values, set_task_param, task_shell, Runner};
+use pipeline_support::{interpolated_pipeline, read, repo, vars_path, yaml};
+use support::opsman::{OpsMan, Spec};
 use serde_json::{json, Map, Value};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -364,4 +373,114 @@ fn a_drill_pointed_at_the_real_deployment_is_refused() {
         assert!(!Path::new(root).join("var/vcap/store/bbr-backup").exists(), "{root}");
     }
     assert_eq!(r.run_job("prune"), None, "prune follows only a passed drill");
+}
+
+// ---- the platform pipelines ----
+
+/// The example vars' value of `var`, replaced everywhere in `p` by `to`.
+fn set_var(p: &mut Value, name: &str, var: &str, to: Value) {
+    let example = yaml(&read(&vars_path(name)))[var].clone();
+    assert!(!example.is_null(), "no var {var} in {name}'s example vars");
+    replace_values(p, &example, &to);
+}
+
+/// Adds (or replaces) `param` in the task steps named `task`.
+fn task_param(v: &mut Value, task: &str, param: &str, to: Value) {
+    match v {
+        Value::Object(m) => {
+            if m.get("task").and_then(Value::as_str) == Some(task) {
+                m["params"].as_object_mut().unwrap().insert(param.to_string(), to.clone());
+            }
+            m.values_mut().for_each(|x| task_param(x, task, param, to.clone()));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| task_param(x, task, param, to.clone())),
+        _ => {}
+    }
+}
+
+/// An Ops Manager double whose client and admin are the example vars'.
+fn example_opsman() -> (Spec, OpsMan) {
+    let mut spec = Spec::platform("-----BEGIN RSA PRIVATE KEY-----\nbbr\n-----END RSA PRIVATE KEY-----\n");
+    spec.client = ("lockstep-backups".into(), "change-me".into());
+    spec.user = ("admin".into(), "change-me".into());
+    spec.passphrase = "change-me".into();
+    let om = OpsMan::start(spec.clone());
+    (spec, om)
+}
+
+fn service_instances_pipeline(site: &Site, om: &OpsMan) -> Runner {
+    // Every service instance is a local deployment named after the across var.
+    let config = local_config("((.:deployment))", &site.deployment, &site.store);
+    Runner::new(
+        "platform-backup",
+        &site.work,
+        &[("lockstep_config", config)],
+        &[
+            ("opsman_url", json!(om.url)),
+            ("opsman_ca_cert", json!(om.ca_pem)),
+            ("service_instance_deployments", json!(["service-instance_6f1b0c1e", "service-instance_0d9e8f7a"])),
+        ],
+    )
+}
+
+#[test]
+fn the_platform_backups_service_instances_run_across_their_deployments() {
+    let site = Site::new();
+    let (_, om) = example_opsman();
+    let mut r = service_instances_pipeline(&site, &om);
+    assert_eq!(r.run_job("service-instances"), Some(true), "{}", r.log);
+    assert_ran(&r, &["service-instances/task opsman-guard ok", "service-instances/task backup ok", "service-instances/task backup ok"]);
+    assert_eq!(r.across_runs, vec![json!({"deployment": "service-instance_6f1b0c1e"}), json!({"deployment": "service-instance_0d9e8f7a"})]);
+    let names = committed(&site.store);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("service-instance_6f1b0c1e_")) && names.iter().any(|n| n.starts_with("service-instance_0d9e8f7a_")), "{names:?}");
+    assert!(r.log.contains("Ops Manager is not applying changes."), "{}", r.log);
+}
+
+#[test]
+fn the_service_instances_wait_while_ops_manager_applies_changes() {
+    let site = Site::new();
+    let (_, om) = example_opsman();
+    om.edit(|s| s.installations.insert(0, (9, "running".into(), "bob".into())));
+    let mut r = service_instances_pipeline(&site, &om);
+    assert_eq!(r.run_job("service-instances"), Some(false));
+    assert_ran(&r, &["service-instances/task opsman-guard FAILED"]);
+    assert!(r.log.contains("Ops Manager is applying changes"), "{}", r.log);
+    assert!(r.across_runs.is_empty() && committed(&site.store).is_empty());
+}
+
+#[test]
+fn the_platform_restore_pipeline_imports_into_a_fresh_ops_manager_then_gates() {
+    let site = Site::new();
+    let (spec, old) = example_opsman();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["opsman", "export", "-a", site.store.to_str().unwrap(), "--ca-cert", &old.ca_pem])
+        .env("OM_TARGET", &old.url)
+        .env("OM_USERNAME", &spec.user.0)
+        .env("OM_PASSWORD", &spec.user.1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let artifact = committed(&site.store).pop().unwrap();
+
+    let fresh = OpsMan::start(Spec::unconfigured(&spec));
+    let mut p = interpolated_pipeline("platform-restore");
+    set_var(&mut p, "platform-restore", "opsman_url", json!(fresh.url));
+    set_var(&mut p, "platform-restore", "opsman_ca_cert", json!(fresh.ca_pem));
+    set_var(&mut p, "platform-restore", "opsman_artifact", json!(artifact));
+    let store = json!(format!("file://{}", site.store.display()));
+    assert_eq!(set_task_param(&mut p, "STORE", &store), 1);
+    // The export above is not encrypted; wait for Ops Manager briefly.
+    assert!(set_task_param(&mut p, "LOCKSTEP_AGE_IDENTITY", &json!("")) > 0);
+    task_param(&mut p, "opsman-import", "POLLING_INTERVAL", json!("50ms"));
+    let mut r = Runner::from_pipeline(p, &site.work, json!({}));
+
+    // The gate before the import: a fresh Ops Manager has no users, so it fails.
+    assert_eq!(r.run_job("director-changes-applied"), Some(false));
+    assert_eq!(r.run_job("import"), Some(true), "{}", r.log);
+    assert_eq!(fresh.imports().len(), 1);
+    assert_eq!(fresh.imports()[0].sha256, old.served()[0], "the imported installation is the exported one");
+    assert!(!r.log.contains("change-me"), "a secret in the log:\n{}", r.log);
+    assert_eq!(r.run_job("director-changes-applied"), Some(true), "{}", r.log);
+    assert_ran(&r, &["director-changes-applied/task opsman-guard FAILED", "import/task opsman-import ok", "director-changes-applied/task opsman-guard ok"]);
 }

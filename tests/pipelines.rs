@@ -16,9 +16,22 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PIPELINES: &[&str] = &["backup", "director-backup", "restore"];
+const PIPELINES: &[&str] = &["backup", "director-backup", "restore", "platform-backup", "platform-restore"];
+/// The tasks that take lockstep's configuration (LOCKSTEP_CONFIG).
 const TASKS: &[&str] =
     &["backup", "backup-cleanup", "pre-backup-check", "prune", "restore", "restore-cleanup", "restore-drill", "verify"];
+/// The tasks that talk to Ops Manager and take a store URL (`lockstep opsman`, `verify`).
+const OPSMAN_TASKS: &[&str] = &["opsman-guard", "opsman-import", "platform-backup", "platform-verify"];
+/// Params of the Ops Manager tasks that lockstep reads from the environment itself (om's and
+/// the AWS CLI's variables): `opsman_env` in common.sh unsets the empty ones.
+const ENV_READ_PARAMS: &[&str] =
+    &["OM_USERNAME", "OM_PASSWORD", "OM_CLIENT_ID", "OM_CLIENT_SECRET", "OM_SKIP_SSL_VALIDATION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+/// Secrets among the Ops Manager tasks' params: each one ((var)) in a pipeline.
+const OPSMAN_SECRETS: &[&str] = &["OM_PASSWORD", "OM_CLIENT_SECRET", "OM_DECRYPTION_PASSPHRASE", "AWS_SECRET_ACCESS_KEY", "LOCKSTEP_AGE_IDENTITY"];
+
+fn all_tasks() -> BTreeSet<String> {
+    TASKS.iter().chain(OPSMAN_TASKS).map(|t| t.to_string()).collect()
+}
 /// Where the image carries the task scripts (Dockerfile: COPY tasks/ /opt/lockstep/tasks/).
 const IMAGE_TASKS: &str = "/opt/lockstep/tasks/";
 
@@ -43,10 +56,10 @@ fn the_expected_pipelines_and_tasks_exist() {
     let expected: BTreeSet<String> =
         PIPELINES.iter().flat_map(|p| [p.to_string(), format!("{p}-vars.example")]).collect();
     assert_eq!(pipelines, expected, "pipelines/: each pipeline with its vars example, nothing else");
-    assert_eq!(files_in("tasks", ".yml"), TASKS.iter().map(|t| t.to_string()).collect());
+    assert_eq!(files_in("tasks", ".yml"), all_tasks());
     let mut scripts = files_in("tasks", ".sh");
     assert!(scripts.remove("common"), "tasks/common.sh holds what the scripts share");
-    assert_eq!(scripts, TASKS.iter().map(|t| t.to_string()).collect(), "one script per task");
+    assert_eq!(scripts, all_tasks(), "one script per task");
 }
 
 #[test]
@@ -67,7 +80,7 @@ fn pipelines_validate_without_the_repository_from_the_task_files_built_in() {
         assert!(problems(&r).is_empty(), "pipelines/{name}.yml: {:#?}", problems(&r));
     }
     let tasks: BTreeSet<String> = LOCKSTEP_TASKS.iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(tasks, TASKS.iter().map(|t| format!("tasks/{t}.yml")).collect(), "LOCKSTEP_TASKS lists every task file");
+    assert_eq!(tasks, all_tasks().iter().map(|t| format!("tasks/{t}.yml")).collect(), "LOCKSTEP_TASKS lists every task file");
     for (n, text) in LOCKSTEP_TASKS {
         assert_eq!(*text, read(&repo().join(n)), "{n}");
     }
@@ -103,7 +116,8 @@ fn documented_params(text: &str) -> Vec<(String, bool)> {
 #[test]
 fn every_task_file_is_valid_documented_and_matches_its_script() {
     let common = read(&repo().join("tasks/common.sh"));
-    for task in TASKS {
+    for task in &all_tasks() {
+        let takes_config = TASKS.contains(&task.as_str());
         let file = format!("tasks/{task}.yml");
         let text = read(&repo().join(&file));
         let cfg = yaml(&text);
@@ -142,10 +156,14 @@ fn every_task_file_is_valid_documented_and_matches_its_script() {
                 assert_eq!(cfg["params"][name.as_str()], "", "{file}: {name} is optional, empty by default");
                 continue;
             }
+            if !takes_config && ENV_READ_PARAMS.contains(&name.as_str()) {
+                assert!(common.contains(&format!(" {name}")) && script.contains("opsman_env"), "{file}: {name} is read by lockstep: opsman_env must unset it when empty");
+                continue;
+            }
             let used = format!("{script}{common}");
             assert!(used.contains(&format!("${{{name}")) || used.contains(&format!("${name}")), "{file}: {name} is never read");
         }
-        for name in from_env::TASK_PARAMS {
+        for name in from_env::TASK_PARAMS.iter().filter(|_| takes_config) {
             assert!(declared.contains(*name), "{file}: declare {name} (empty) for the configuration to name");
         }
         assert!(declared.contains("LOCKSTEP_DEBUG"), "{file}: every task takes LOCKSTEP_DEBUG");
@@ -278,14 +296,18 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
         let image_resource = raw["resources"].as_array().unwrap().iter().find(|r| r["name"] == "lockstep-image").unwrap();
         assert_eq!(&image_resource["source"], image_source, "{here}: lockstep-image and the resource type differ");
 
+        // One lockstep resource; none in platform-restore, whose restores are tasks. The
+        // platform store's resource has no target: its versions are the whole store.
         let lockstep_resources: Vec<&Value> =
             p["resources"].as_array().unwrap().iter().filter(|r| r["type"] == "lockstep").collect();
-        assert_eq!(lockstep_resources.len(), 1, "{here}");
-        let resource = lockstep_resources[0];
+        assert_eq!(lockstep_resources.len(), usize::from(*name != "platform-restore"), "{here}");
+        let resource = lockstep_resources.first().copied().cloned().unwrap_or(serde_json::json!({"name": "", "source": null}));
         let resource_name = resource["name"].as_str().unwrap();
         let source = &resource["source"];
-        secrets_are_vars(&raw["resources"].as_array().unwrap().iter().find(|r| r["type"] == "lockstep").unwrap()["source"], &here);
-        let config = Config::from_value(source).unwrap_or_else(|e| panic!("{here}: the resource's source: {e:#}"));
+        if let Some(raw_resource) = raw["resources"].as_array().unwrap().iter().find(|r| r["type"] == "lockstep") {
+            secrets_are_vars(&raw_resource["source"], &here);
+        }
+        let config = (!source.is_null()).then(|| Config::from_value(source).unwrap_or_else(|e| panic!("{here}: the resource's source: {e:#}")));
         // In the task steps as written, every secret param is exactly one ((var)), which
         // Concourse passes whole, and no configuration holds a ((var)) for a secret or a
         // list (which a credential manager would paste into its JSON as text).
@@ -300,6 +322,9 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
                     if from_env::TASK_PARAMS.contains(&k.as_str()) {
                         let text = v.as_str().unwrap_or_default();
                         assert!(text.starts_with("((") && text.ends_with("))") && text.matches("((").count() == 1, "{here}: task {}: {k} is {v}, not one ((var))", t["task"]);
+                    } else if OPSMAN_SECRETS.contains(&k.as_str()) {
+                        let text = v.as_str().unwrap_or_default();
+                        assert!(text.starts_with("((") && text.ends_with("))") && text.matches("((").count() == 1, "{here}: task {}: {k} is {v}, not one ((var))", t["task"]);
                     } else if k.ends_with("_CONFIG") {
                         for (at, x) in leaves(v, k) {
                             let last = at.rsplit(['.', '[']).next().unwrap();
@@ -311,7 +336,7 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
                 }
             }
         }
-        let deployment = config.deployment_name().expect("a target").to_string();
+        let deployment = config.as_ref().and_then(|c| c.deployment_name()).map(str::to_string);
 
         let mut drill_targets = Vec::new();
         for job in p["jobs"].as_array().unwrap() {
@@ -328,7 +353,15 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
                 let env = |n: &str| params.get(n).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
                 let resolve = |c: &Value| from_env::resolve(c, &from_env::Env::Lookup(&env)).unwrap_or_else(|e| panic!("{here}: job {jname}, task {tname}: {e:#}"));
                 if let Some(c) = params.get("LOCKSTEP_CONFIG") {
-                    assert_eq!(&resolve(c), source, "{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG is not the resource's source");
+                    let mut resolved = resolve(c);
+                    Config::from_value(&resolved).unwrap_or_else(|e| panic!("{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG: {e:#}"));
+                    if source.is_object() && source.get("target").is_none() {
+                        // A store-only resource: the task adds its target (a service instance).
+                        resolved.as_object_mut().unwrap().remove("target");
+                    }
+                    if !source.is_null() {
+                        assert_eq!(&resolved, source, "{here}: job {jname}, task {tname}: LOCKSTEP_CONFIG is not the resource's source");
+                    }
                     assert!(from_env::references(c).len() >= 3, "{here}: job {jname}, task {tname}: the secrets come from params");
                 }
                 if let Some(c) = params.get("DRILL_CONFIG") {
@@ -375,11 +408,13 @@ fn the_configuration_is_written_once_valid_everywhere_and_secrets_are_vars() {
             assert_eq!(job["serial"], true, "{here}: job {jname} is serial");
         }
         for d in &drill_targets {
-            assert_ne!(d, &deployment, "{here}: the drill would restore over the deployment it backs up");
+            assert_ne!(Some(d), deployment.as_ref(), "{here}: the drill would restore over the deployment it backs up");
         }
         if *name == "backup" {
             assert_eq!(drill_targets.len(), 1, "{here}: one restore drill");
-            assert!(config.retention.is_some(), "{here}: prune needs a retention policy");
+        }
+        if p["jobs"].as_array().unwrap().iter().any(|j| all_steps(j).iter().any(|s| s["params"]["action"] == "prune")) {
+            assert!(config.as_ref().is_some_and(|c| c.retention.is_some()), "{here}: prune needs a retention policy");
         }
     }
 }

@@ -520,6 +520,14 @@ mod library {
         let events = Arc::new(Recorder::default());
         let ctx = Ctx::new(events.clone());
 
+        // Changing from the start: refused, nothing written.
+        let source = Source(Mutex::new(vec![Some("Ops Manager is applying changes (installation 9)".into())]));
+        let parts = PlatformParts { source: &source, export: &Export, director: &director, products: vec![] };
+        let out = backup_platform(&ctx, &parts, &store, &BackupOptions::default()).await;
+        let text = out.failures.render();
+        assert!(out.record.is_none() && text.contains("(installation 9): a backup now would capture a platform half-way"), "{text}");
+        assert!(names(&store_dir).is_empty(), "{:?}", names(&store_dir));
+
         let source = Source(Mutex::new(vec![None, Some("Ops Manager is applying changes (installation 10)".into())]));
         let parts = PlatformParts { source: &source, export: &Export, director: &director, products: vec![ProductPart { kind: "cf".into(), target: &cf }] };
         let out = backup_platform(&ctx, &parts, &store, &BackupOptions::default()).await;

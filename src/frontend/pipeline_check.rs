@@ -82,6 +82,10 @@ pub const LOCKSTEP_TASKS: &[(&str, &str)] = &[
     ("tasks/restore-cleanup.yml", include_str!("../../tasks/restore-cleanup.yml")),
     ("tasks/restore-drill.yml", include_str!("../../tasks/restore-drill.yml")),
     ("tasks/verify.yml", include_str!("../../tasks/verify.yml")),
+    ("tasks/opsman-guard.yml", include_str!("../../tasks/opsman-guard.yml")),
+    ("tasks/opsman-import.yml", include_str!("../../tasks/opsman-import.yml")),
+    ("tasks/platform-backup.yml", include_str!("../../tasks/platform-backup.yml")),
+    ("tasks/platform-verify.yml", include_str!("../../tasks/platform-verify.yml")),
 ];
 
 /// Parses Go's duration syntax (`1h30m`, `24h`, `500ms`).
@@ -246,7 +250,9 @@ impl Checker<'_> {
             "do" => &["do"],
             _ => &["try"],
         };
-        let unknown = unknown_keys(obj, &[own, COMMON_STEP_KEYS]);
+        // `fail_fast` belongs to the across step (atc's AcrossStep), beside `across`.
+        let across_keys: &[&str] = if obj.contains_key("across") { &["fail_fast"] } else { &[] };
+        let unknown = unknown_keys(obj, &[own, COMMON_STEP_KEYS, across_keys]);
         if !unknown.is_empty() {
             self.report.error(format!("{at}: unknown fields {unknown:?}"));
         }
@@ -266,14 +272,29 @@ impl Checker<'_> {
         if let Some(across) = obj.get("across") {
             match across.as_array() {
                 Some(items) if !items.is_empty() => {
+                    // atc's AcrossVarConfig, unmarshalled strictly: var, values (a list, or
+                    // a ((var)) that is one when the step runs), max_in_flight (> 0 or "all").
                     for item in items {
-                        if item.get("var").is_none() {
+                        if item.get("var").and_then(Value::as_str).is_none() {
                             self.report.error(format!("{here}: across needs a var"));
                         }
-                        if let Some(m) = item.get("max_in_flight") {
-                            if m.as_i64().is_some_and(|n| n <= 0) {
-                                self.report.error(format!("{here}: across max_in_flight must be above 0"));
+                        if let Some(m) = item.as_object() {
+                            let unknown = unknown_keys(m, &[&["var", "values", "max_in_flight"]]);
+                            if !unknown.is_empty() {
+                                self.report.error(format!("{here}: across: unknown fields {unknown:?}"));
                             }
+                        }
+                        match item.get("values") {
+                            None | Some(Value::Array(_)) => {}
+                            Some(Value::String(v)) if v.trim().starts_with("((") && v.trim().ends_with("))") => {}
+                            Some(v) => self.report.error(format!("{here}: across values must be a list or one ((var)), not {v}")),
+                        }
+                        match item.get("max_in_flight") {
+                            Some(m) if m.as_i64().is_some_and(|n| n <= 0) => self.report.error(format!("{here}: across max_in_flight must be above 0")),
+                            Some(Value::String(s)) if s != "all" && !s.contains("((") => {
+                                self.report.error(format!("{here}: across max_in_flight must be a number or \"all\", not {s:?}"))
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -932,6 +953,50 @@ jobs:
         assert!(r.is_ok(), "{:?}", r.errors);
         let r = check_pipeline(&pipeline.replace("file: result/value", "file: reslut/value"), &Options { repo_root: Some(dir.path().to_path_buf()), vars: None });
         assert!(r.errors.iter().any(|e| e.contains("file reslut/value is in 'reslut'")), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn across_steps_are_checked_as_atc_reads_them() {
+        let good = r#"
+resources:
+- name: nightly
+  type: time
+  source: {interval: 24h}
+jobs:
+- name: j
+  plan:
+  - get: nightly
+  - across:
+    - var: d
+      values: [a, b]
+      max_in_flight: all
+    fail_fast: true
+    task: t
+    config:
+      platform: linux
+      image_resource: {type: registry-image, source: {repository: x}}
+      run: {path: echo, args: ["((.:d))"]}
+"#;
+        assert!(check(good).is_ok(), "{:?}", check(good).errors);
+        for (from, to, expect) in [
+            ("    fail_fast: true\n", "", ""),
+            ("      max_in_flight: all", "      max_in_flight: 3", ""),
+            ("      values: [a, b]", "      values: ((list))", ""),
+            ("      max_in_flight: all", "      max_in_flight: some", "max_in_flight must be a number or \"all\""),
+            ("      max_in_flight: all", "      max_in_flight: 0", "max_in_flight must be above 0"),
+            ("      max_in_flight: all", "      max_inflight: 2", "across: unknown fields [\"max_inflight\"]"),
+            ("      values: [a, b]", "      values: 5", "values must be a list or one ((var))"),
+            ("  - across:\n    - var: d\n", "  - across:\n    - values: [c]\n    - var: d\n", "across needs a var"),
+        ] {
+            let r = check(&good.replace(from, to));
+            match expect {
+                "" => assert!(r.is_ok(), "{to}: {:?}", r.errors),
+                e => assert!(r.errors.iter().any(|x| x.contains(e)), "{to}: {:?}", r.errors),
+            }
+        }
+        // fail_fast belongs to the across step only.
+        let r = check(&good.replace("  - across:\n    - var: d\n      values: [a, b]\n      max_in_flight: all\n    fail_fast: true\n", "  - fail_fast: true\n"));
+        assert!(r.errors.iter().any(|x| x.contains("unknown fields [\"fail_fast\"]")), "{:?}", r.errors);
     }
 
     #[test]

@@ -60,35 +60,53 @@ fn go_type(v: &Value) -> &'static str {
 }
 
 /// `vars/template.go`'s interpolator. `expect_all`: a var without a value is an error
-/// ("undefined vars"), as at build time; otherwise it stays, as at set time.
+/// ("undefined vars"), as at build time; otherwise it stays, as at set time. Local vars
+/// (`((.:name))`, set by an across step or a load_var step) are the build's own: they are
+/// left for [`interpolate_locals`].
 pub fn interpolate(v: &Value, vars: &Value, expect_all: bool) -> Result<Value, String> {
+    interpolate_by(v, &|name| if name.starts_with(".:") { Ok(None) } else { lookup(vars, name).map(Some).ok_or(()) }, expect_all)
+}
+
+/// The local vars of a scope (`((.:name))`, `((.:name.field))`) replaced by their values, as
+/// the across step does when it builds each substep from its template
+/// (`ConstructAcrossSubsteps`); an undefined local var is an error.
+pub fn interpolate_locals(v: &Value, locals: &Value) -> Result<Value, String> {
+    interpolate_by(v, &|name| match name.strip_prefix(".:") {
+        Some(local) => lookup(locals, local).map(Some).ok_or(()),
+        None => Ok(None),
+    }, true)
+}
+
+/// `resolve(name)`: `Ok(Some(value))`, `Ok(None)` to leave the var as it is, `Err(())` when
+/// it has no value.
+fn interpolate_by(v: &Value, resolve: &dyn Fn(&str) -> Result<Option<Value>, ()>, expect_all: bool) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) => {
             let names = var_names(s);
             if names.len() == 1 && *s == format!("(({}))", names[0]) {
-                return match lookup(vars, &names[0]) {
-                    Some(x) => Ok(x),
-                    None if expect_all => Err(format!("undefined vars: {}", names[0])),
-                    None => Ok(v.clone()),
+                return match resolve(&names[0]) {
+                    Ok(Some(x)) => Ok(x),
+                    Err(()) if expect_all => Err(format!("undefined vars: {}", names[0])),
+                    Ok(None) | Err(()) => Ok(v.clone()),
                 };
             }
             let mut out = s.clone();
             for name in names {
-                match lookup(vars, &name) {
-                    Some(Value::String(x)) => out = out.replace(&format!("(({name}))"), &x),
-                    Some(Value::Number(n)) => out = out.replace(&format!("(({name}))"), &n.to_string()),
-                    Some(other) => return Err(format!("cannot interpolate non-primitive value ({}) from var: {name}", go_type(&other))),
-                    None if expect_all => return Err(format!("undefined vars: {name}")),
-                    None => {}
+                match resolve(&name) {
+                    Ok(Some(Value::String(x))) => out = out.replace(&format!("(({name}))"), &x),
+                    Ok(Some(Value::Number(n))) => out = out.replace(&format!("(({name}))"), &n.to_string()),
+                    Ok(Some(other)) => return Err(format!("cannot interpolate non-primitive value ({}) from var: {name}", go_type(&other))),
+                    Err(()) if expect_all => return Err(format!("undefined vars: {name}")),
+                    Ok(None) | Err(()) => {}
                 }
             }
             Value::String(out)
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| interpolate(x, vars, expect_all)).collect::<Result<_, _>>()?),
+        Value::Array(a) => Value::Array(a.iter().map(|x| interpolate_by(x, resolve, expect_all)).collect::<Result<_, _>>()?),
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, x) in m {
-                out.insert(k.clone(), interpolate(x, vars, expect_all)?);
+                out.insert(k.clone(), interpolate_by(x, resolve, expect_all)?);
             }
             Value::Object(out)
         }

@@ -37,7 +37,7 @@ pub fn task_shell() -> Vec<String> {
     }
 }
 
-fn replace_values(v: &mut Value, from: &Value, to: &Value) {
+pub fn replace_values(v: &mut Value, from: &Value, to: &Value) {
     if v == from {
         *v = to.clone();
         return;
@@ -50,7 +50,7 @@ fn replace_values(v: &mut Value, from: &Value, to: &Value) {
 }
 
 /// Sets `param` in every task step that passes it (hooks included); returns how many.
-fn set_task_param(v: &mut Value, param: &str, to: &Value) -> usize {
+pub fn set_task_param(v: &mut Value, param: &str, to: &Value) -> usize {
     let mut n = 0;
     match v {
         Value::Object(m) => {
@@ -81,6 +81,8 @@ pub struct Runner {
     pub log: String,
     /// The credential manager's vars, interpolated into each step when it runs.
     creds: Value,
+    /// The local vars of each across substep run, in order.
+    pub across_runs: Vec<Value>,
 }
 
 impl Runner {
@@ -114,7 +116,7 @@ impl Runner {
     /// A pipeline as ATC stored it (see [`super::concourse::set_pipeline`]), with the
     /// credential manager's vars.
     pub fn from_pipeline(pipeline: Value, work: &Path, creds: Value) -> Runner {
-        Runner { pipeline, work: work.to_path_buf(), passed: BTreeMap::new(), journal: Vec::new(), log: String::new(), creds }
+        Runner { pipeline, work: work.to_path_buf(), passed: BTreeMap::new(), journal: Vec::new(), log: String::new(), creds, across_runs: Vec::new() }
     }
 
     /// A value of the stored pipeline interpolated with the credential manager's vars, as
@@ -162,7 +164,12 @@ impl Runner {
 
     /// Runs a step with its hooks: Some(succeeded), or None when an input has no version.
     fn step(&mut self, step: &Value, build: &mut Build) -> Option<bool> {
-        let ok = if let Some(steps) = step.get("in_parallel") {
+        // `across` wraps the core step and sits inside the hooks (atc's StepPrecedence: ensure,
+        // on_error, on_abort, on_failure, on_success, then across): so it comes first here,
+        // and the hooks below run once, after every substep.
+        let ok = if let Some(vars) = step.get("across").and_then(Value::as_array) {
+            self.across(step, &vars.clone(), build)?
+        } else if let Some(steps) = step.get("in_parallel") {
             let steps = steps.as_array().or_else(|| steps["steps"].as_array()).unwrap().clone();
             let mut all = true;
             for s in &steps {
@@ -195,6 +202,58 @@ impl Runner {
             self.step(h, build)?;
         }
         Some(ok)
+    }
+
+    /// `atc/exec/across_step.go`: each var's `values` evaluated when the step runs (a list,
+    /// or a ((var)) that is one), one substep per combination (the cartesian product, the
+    /// last var varying fastest) built from the step without `across`, `fail_fast` and the
+    /// hooks, with the local vars interpolated into it. Concourse runs up to each var's
+    /// `max_in_flight` substeps at once; here they run one after the other, which changes
+    /// when they run, not what each does (each has its own container and scope). With
+    /// `fail_fast`, the first failure stops the rest (Concourse cancels them).
+    fn across(&mut self, step: &Value, vars: &[Value], build: &mut Build) -> Option<bool> {
+        let mut lists: Vec<(String, Vec<Value>)> = Vec::new();
+        for v in vars {
+            let name = v["var"].as_str().expect("across var").to_string();
+            let values = self.at_build_time(build, "across", &v.get("values").cloned().unwrap_or(json!([])))?;
+            let Some(list) = values.as_array() else {
+                self.record(build, &format!("across {name}"), false, &format!("values of {name} is not a list: {values}"));
+                return Some(false);
+            };
+            lists.push((name, list.clone()));
+        }
+        let mut combos: Vec<serde_json::Map<String, Value>> = vec![serde_json::Map::new()];
+        for (name, list) in &lists {
+            combos = combos.into_iter().flat_map(|c| list.iter().map(move |v| {
+                let mut c = c.clone();
+                c.insert(name.clone(), v.clone());
+                c
+            })).collect();
+        }
+        let mut template = step.as_object().unwrap().clone();
+        for k in ["across", "fail_fast", "on_success", "on_failure", "on_abort", "on_error", "ensure"] {
+            template.remove(k);
+        }
+        let template = Value::Object(template);
+        let fail_fast = step.get("fail_fast") == Some(&Value::Bool(true));
+        let mut all = true;
+        for locals in combos {
+            let sub = match concourse::interpolate_locals(&template, &Value::Object(locals.clone())) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.record(build, "across", false, &e);
+                    return Some(false);
+                }
+            };
+            self.across_runs.push(Value::Object(locals));
+            if !self.step(&sub, build)? {
+                all = false;
+                if fail_fast {
+                    break;
+                }
+            }
+        }
+        Some(all)
     }
 
     fn record(&mut self, build: &Build, what: &str, ok: bool, stderr: &str) {
