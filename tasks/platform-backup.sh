@@ -14,6 +14,8 @@ set -- "$@" backup --products "${PRODUCTS:-all}" --store "$STORE"
 [ -z "${REPLICA_STORE:-}" ] || set -- "$@" --store "$REPLICA_STORE"
 [ -z "${AGE_RECIPIENT:-}" ] || set -- "$@" --encrypt-to "$AGE_RECIPIENT"
 [ -z "${DIRECTOR_HOST_PUBLIC_KEY:-}" ] || set -- "$@" --host-public-key "$DIRECTOR_HOST_PUBLIC_KEY"
+[ -z "${DIRECTOR_SSH:-}" ] || set -- "$@" --director-ssh "$DIRECTOR_SSH"
+[ -z "${DIRECTOR_URL:-}" ] || set -- "$@" --director-url "$DIRECTOR_URL"
 
 # The log goes on to the build's, and is kept to find the record lockstep names
 # ("Platform backup platform_<time> in <store>: <members>").
