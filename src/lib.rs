@@ -54,7 +54,7 @@ pub mod service;
 // The front ends: the CLI, the Concourse resource, reporting, the validator, the demo.
 pub mod frontend;
 
-/// Called first by every binary. Multipart part buffers (16 MiB) come from mmap and go back
+/// Called first by every binary. Multipart part buffers (8 MiB) come from mmap and go back
 /// to the system when freed; otherwise glibc's growing mmap threshold keeps freed parts in
 /// per-thread arenas and the process's RSS creeps far above what it holds. (musl, used for
 /// the image's static binaries, always returns large blocks.)

@@ -37,9 +37,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
-/// Default (first) multipart part size: about 80 MiB of memory per upload. Larger objects
-/// get larger parts (see `PartSizer`), so S3's 10,000-part limit never caps them below 5 TiB.
-pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// Default (first) multipart part size: 8 MiB, the AWS CLI's `multipart_chunksize`. Larger
+/// objects get larger parts (see `PartSizer`), so S3's 10,000-part limit never caps them
+/// below 5 TiB. With 16 MiB, three parallel drains peaked at 121-147 MiB of RSS
+/// (`cargo bench --bench s3_backup`), above the 128 MiB we aim for; see docs/performance.md.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// S3's limits: parts per upload, bytes per part, bytes per object.
 pub const S3_MAX_PARTS: u64 = 10_000;
 pub const S3_MAX_PART: usize = 5 * 1024 * 1024 * 1024;
@@ -48,7 +50,7 @@ pub const S3_MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 pub const PARTS_IN_FLIGHT: usize = 4;
 /// Parts uploading concurrently per store, across every object being written (parallel
 /// drains, replicas): memory is at most about `part_size x (STORE_PARTS_IN_FLIGHT +
-/// objects being written)`, 64 MiB plus 16 MiB per stream with the defaults.
+/// objects being written)`, 32 MiB plus 8 MiB per stream with the defaults.
 pub const STORE_PARTS_IN_FLIGHT: usize = 4;
 
 pub struct S3Store {
@@ -286,7 +288,7 @@ pub fn explain(c: &S3Config, e: object_store::Error, doing: &str) -> anyhow::Err
 }
 
 /// How big each part of one upload is. S3 allows `max_parts` parts per upload, so a
-/// fixed part size caps the object (16 MiB x 10,000 = 156 GiB) and a 1 TB blobstore would
+/// fixed part size caps the object (8 MiB x 10,000 = 78 GiB) and a 1 TB blobstore would
 /// fail after 156 GiB had been sent. With the object's size known in advance, the first
 /// part size already fits it in 90% of the parts; past those (the estimate was low), or
 /// from the start without one, the part size doubles every tenth of the parts left, which

@@ -24,7 +24,7 @@ pub enum StoreUrl {
     S3(S3Config),
 }
 
-/// One request carries at most one part (16 MiB by default): 300 s lets a slow link
+/// One request carries at most one part (8 MiB by default): 300 s lets a slow link
 /// (about 0.5 Mbit/s) send it.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
