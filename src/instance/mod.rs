@@ -103,6 +103,12 @@ pub trait Instance: Send + Sync {
     async fn checksum_artifact(&self, artifact: &str) -> anyhow::Result<Checksums>;
     /// Creates the artifact directory and extracts the tar read from `input` into it.
     async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()>;
+    /// [`Instance::receive_artifact`], then [`Instance::checksum_artifact`]: what a restore
+    /// does per job. An instance may do both in one command (one round trip less).
+    async fn receive_and_checksum(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<Checksums> {
+        self.receive_artifact(artifact, input).await?;
+        self.checksum_artifact(artifact).await
+    }
     /// `rm -rf /var/vcap/store/bbr-backup/<artifact>`, once it is safe elsewhere.
     async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()>;
     /// `rm -rf /var/vcap/store/bbr-backup`.

@@ -342,6 +342,24 @@ impl Instance for ShellInstance {
         check(&status).with_context(|| format!("extracting artifact {artifact} on {}", self.id))
     }
 
+    /// One command: extract, then checksum what was extracted. The checksum script prints
+    /// its header first, so an empty output says the extraction is what failed.
+    async fn receive_and_checksum(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<Checksums> {
+        let dir = quote(&self.artifact_path(artifact)?);
+        let cmd = format!("mkdir -p {dir} && tar -C {dir} -x || exit\n{}", checksum_command(&dir));
+        let mut out = Vec::new();
+        let status = self
+            .transport
+            .exec(&cmd, Some(input), &mut out)
+            .await
+            .with_context(|| format!("sending artifact {artifact} to {}", self.id))?;
+        if out.is_empty() {
+            check(&status).with_context(|| format!("extracting artifact {artifact} on {}", self.id))?;
+        }
+        check(&status).with_context(|| format!("checksumming the artifact on {}", self.id))?;
+        parse_checksum_output(&out).with_context(|| format!("checksums of {artifact} on {}", self.id))
+    }
+
     async fn remove_artifact_dir(&self, artifact: &str) -> anyhow::Result<()> {
         let cmd = format!("rm -rf {}", quote(&self.artifact_path(artifact)?));
         self.run("removing the artifact directory", &cmd).await.map(drop)

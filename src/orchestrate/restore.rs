@@ -20,6 +20,7 @@ use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::discover::{discover, Deployment};
 use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
+use crate::store::relay::RelayReader;
 use crate::artifact::tar_hash::HashingReader;
 use crate::store::codec::Identities;
 use crate::events::{Event, Phase};
@@ -375,8 +376,11 @@ async fn upload_one(
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: entry.name.clone(), size });
     let start = Instant::now();
     let (reader, meter) = stored::open_decoded(store, &key, &art.codec, ids).await?;
-    let mut hashing = HashingReader::new(reader);
-    let received = inst.receive_artifact(&entry.name, &mut hashing).await;
+    // The store's bytes are fetched, decoded and hashed as stored on a task of their own,
+    // ahead of the per-file hashes and the instance (store/relay.rs).
+    let mut hashing = HashingReader::new(RelayReader::spawn(reader));
+    // The instance extracts, then checksums what it extracted, in one command.
+    let received = inst.receive_and_checksum(&entry.name, &mut hashing).await;
     let (reader, hasher) = hashing.into_parts();
     // The decoder's end leaves the stored object's size and sha256 in the meter.
     drop(reader);
@@ -387,7 +391,7 @@ async fn upload_one(
     if let Some(e) = hasher.failure() {
         return Err(corrupt(&e));
     }
-    received?;
+    let remote = received?;
     let sent = hasher.finish().map_err(|e| corrupt(&e))?;
     // What was read must be what the backup recorded, file by file and object by object.
     let mut problems: Vec<String> =
@@ -403,7 +407,6 @@ async fn upload_one(
         );
     }
     // What the instance now holds must be what the backup recorded.
-    let remote = inst.checksum_artifact(&entry.name).await?;
     {
         let (what, sums) = ("on the instance", &remote);
         let problems = compare_checksums(&entry.checksums, sums);

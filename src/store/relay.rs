@@ -14,6 +14,10 @@
 //! A write error of the inner writer is returned by the next write, flush or shutdown. If
 //! the relay is dropped before [`Relay::finish`], its task is aborted and the inner writer
 //! dropped unfinished (a store object then removes itself).
+//!
+//! [`RelayReader`] is the same for reading: a task reads (a restore: the store's GET, the
+//! decompression, decryption and the stored object's SHA-256) ahead of the reader, which
+//! hashes the files and feeds the instance.
 
 use std::io;
 use std::pin::Pin;
@@ -194,6 +198,79 @@ async fn drive<W: AsyncWrite + Unpin>(mut inner: W, mut rx: mpsc::Receiver<Messa
     (inner, Ok(()))
 }
 
+/// An `AsyncRead` whose bytes a task of its own reads from the inner reader, up to
+/// [`DEPTH`] chunks of [`CHUNK`] ahead. The inner reader's error is returned in order, after
+/// the bytes read before it. Dropping it aborts the task (and drops the inner reader).
+pub struct RelayReader {
+    rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
+    /// The chunk being read from.
+    current: bytes::Bytes,
+    task: JoinHandle<()>,
+}
+
+impl RelayReader {
+    /// Starts the task that reads `inner`. Needs a Tokio runtime.
+    pub fn spawn<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut inner: R) -> RelayReader {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = mpsc::channel(DEPTH);
+        let task = tokio::spawn(async move {
+            loop {
+                let mut chunk = bytes::BytesMut::with_capacity(CHUNK);
+                // Fill the chunk (or reach the end): fewer, larger hand-offs.
+                let read = async {
+                    while chunk.len() < CHUNK {
+                        if inner.read_buf(&mut chunk).await? == 0 {
+                            break;
+                        }
+                    }
+                    io::Result::Ok(())
+                }
+                .await;
+                let end = chunk.len() < CHUNK;
+                let sent = match read {
+                    Err(e) => {
+                        if !chunk.is_empty() {
+                            let _ = tx.send(Ok(chunk.freeze())).await;
+                        }
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Ok(()) if chunk.is_empty() => return,
+                    Ok(()) => tx.send(Ok(chunk.freeze())).await,
+                };
+                if sent.is_err() || end {
+                    return;
+                }
+            }
+        });
+        RelayReader { rx, current: bytes::Bytes::new(), task }
+    }
+}
+
+impl tokio::io::AsyncRead for RelayReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.current.is_empty() {
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(Ok(chunk)) => this.current = chunk,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                // The task ended: the inner reader's end (or a panic, which has no bytes
+                // to give: the tar or checksum check downstream fails on a short stream).
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = buf.remaining().min(this.current.len());
+        buf.put_slice(&this.current.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for RelayReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +343,29 @@ mod tests {
         let (_, result) = relay.finish().await;
         assert!(result.unwrap_err().to_string().contains("disk full"));
         assert!(!*sink.shut.lock().unwrap(), "a failed writer is not shut down");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relayed_reader_gives_every_byte_then_the_inner_error_in_order() {
+        use tokio::io::AsyncReadExt;
+        let want = data(3 * CHUNK + 999);
+        let mut all = Vec::new();
+        RelayReader::spawn(std::io::Cursor::new(want.clone())).read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, want);
+
+        let failing = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(want[..CHUNK + 5].to_vec()), Failing);
+        let mut r = RelayReader::spawn(failing);
+        let mut got = Vec::new();
+        let err = r.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.to_string(), "store went away");
+        assert_eq!(got, want[..CHUNK + 5], "the bytes before the error, all of them");
+    }
+
+    struct Failing;
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::Error::other("store went away")))
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
