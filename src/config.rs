@@ -27,6 +27,7 @@
 //! types holding them implement `Debug` by hand.
 
 pub mod from_env;
+pub mod opsman;
 
 use crate::store::codec::{Codec, Compression, Identities};
 use crate::target::{HostsTarget, Inventory, SshOptions};
@@ -55,6 +56,7 @@ const TOP_KEYS: &[&str] = &[
     "max_lock_window",
     "min_stores",
     "ssh",
+    "opsman",
 ];
 const TARGET_KINDS: &[&str] = &["hosts", "director", "deployment", "local"];
 const DIRECTOR_KEYS: &[&str] = &["host", "username", "private_key", "host_public_key"];
@@ -88,6 +90,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ("encryption", ENCRYPTION_KEYS),
     ("retention", RETENTION_KEYS),
     ("ssh", SSH_KEYS),
+    ("opsman", opsman::OPSMAN_KEYS),
 ];
 
 /// A parsed configuration. `Debug` is hand-written: it never shows keys or secrets.
@@ -107,6 +110,8 @@ pub struct Config {
     pub max_lock_window: Option<Duration>,
     pub min_stores: Option<usize>,
     pub ssh: SshOptions,
+    /// An Ops Manager whose whole platform is backed up as one (instead of a `target`).
+    pub opsman: Option<opsman::OpsmanSource>,
 }
 
 #[derive(Clone)]
@@ -134,6 +139,7 @@ impl fmt::Debug for Config {
             .field("compression", &self.compression)
             .field("recipients", &self.recipients)
             .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .field("opsman", &self.opsman)
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +382,10 @@ impl Config {
         let obj = object(v, "the configuration")?;
         check_keys(obj, TOP_KEYS, "source")?;
         let target = obj.get("target").map(TargetConfig::parse).transpose()?;
+        let opsman = obj.get("opsman").map(opsman::OpsmanSource::parse).transpose()?;
+        if target.is_some() && opsman.is_some() {
+            bail!("source: give `target` (one deployment) or `opsman` (a whole platform, as one platform backup), not both");
+        }
         let store = StoreConfig::parse(obj.get("store").ok_or_else(|| anyhow!("source: missing `store` (where artifacts are kept)"))?, "store")?;
         let compression = obj
             .get("compression")
@@ -424,7 +434,7 @@ impl Config {
             }
             ssh.gateway = all_proxy(s, &ssh)?;
         }
-        Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, max_lock_window, min_stores, ssh })
+        Ok(Config { target, store, compression, recipients, identity, retention, max_in_flight, script_timeout, max_lock_window, min_stores, ssh, opsman })
     }
 
     /// The deployment whose artifacts this configuration is about.
@@ -451,7 +461,11 @@ impl Config {
 
     /// Builds the target; for a BOSH deployment this logs in to the director.
     pub async fn open_target(&self) -> anyhow::Result<Box<dyn Target>> {
-        match self.target.as_ref().ok_or_else(|| anyhow!("source: missing `target` (which deployment to back up or restore)"))? {
+        let missing = match self.opsman {
+            Some(_) => "source: `opsman` is backed up as a whole platform (the resource's put, `lockstep opsman backup`); this action needs a `target` (one deployment)",
+            None => "source: missing `target` (which deployment to back up or restore)",
+        };
+        match self.target.as_ref().ok_or_else(|| anyhow!(missing))? {
             TargetConfig::Hosts { inventory, .. } | TargetConfig::Director { inventory, .. } => {
                 Ok(Box::new(HostsTarget::from_yaml(inventory, &self.ssh)?))
             }

@@ -18,6 +18,8 @@ use anyhow::{anyhow, bail, Context};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod platform;
+
 /// Applies the configuration's tuning to a context.
 pub fn tune(ctx: &mut Ctx, cfg: &Config) {
     if let Some(n) = cfg.max_in_flight {
@@ -109,6 +111,10 @@ async fn release(target: &dyn crate::target::Target, failures: &mut Failures) {
 /// The deployment's committed artifacts, oldest first, and the store's warnings (a primary
 /// store that could not be listed, so a replica answered), for the caller to show.
 pub async fn committed(cfg: &Config) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    // With `opsman:`, the versions are the complete platform records.
+    if cfg.opsman.is_some() {
+        return platform::complete_records(cfg).await;
+    }
     let store = cfg.open_store()?;
     let names = stored::list(store.as_ref()).await?;
     let names = match cfg.deployment_name() {

@@ -282,3 +282,235 @@ fn sigterm_during_put_unlocks_and_fails() {
     assert!(!state.join("locked").exists(), "still locked after SIGTERM: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!root.join("var/vcap/store/bbr-backup").exists());
 }
+
+/// `opsman:` in the source: the versions are platform records. Against the Ops Manager
+/// double, the director double, the sshd fleet (tests/support/platform.rs) and s3s-fs, read
+/// back with the AWS CLI.
+mod platform {
+    use super::*;
+    use support::opsman::{OpsMan, Spec};
+    use support::platform::{platform, Platform, CF, ISO};
+
+    fn opsman_source(p: &Platform, server: &S3sFs, recipient: &str, identity: &str) -> Value {
+        json!({
+            "opsman": {"target": p.om.url, "username": p.spec.user.0, "password": p.spec.user.1, "ca_cert": p.om.ca_pem,
+                       "products": ["cf", "p-isolation-segment"], "director_ssh": p.fleet.vms[0].address(),
+                       "director_url": p.director.url, "host_public_key": p.fleet.vms[0].host_key_line},
+            "store": {"bucket": "backups", "prefix": "platform", "endpoint": server.endpoint(), "region_name": REGION,
+                      "access_key_id": ACCESS_KEY, "secret_access_key": server.secret, "use_path_style": true},
+            "encryption": {"recipients": [recipient], "identity": identity},
+            "retention": {"keep_last": 1, "min_age": "0s"},
+        })
+    }
+
+    fn aws(server: &S3sFs, args: &[&str]) -> Vec<u8> {
+        let out = server.aws().expect("the AWS CLI").args(args).output().unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(data))
+    }
+
+    #[test]
+    fn a_platform_backup_is_a_version_put_checked_got_and_pruned_with_its_members() {
+        let Some(server) = S3sFs::start() else { return };
+        server.bucket("backups");
+        let Some(p) = platform("resource_platform") else { return };
+        if server.aws().is_none() {
+            return;
+        }
+        let Some((recipient, identity)) = age_keys(p.tmp.path()) else { return };
+        let source = opsman_source(&p, &server, &recipient, &identity);
+        let mut logs = String::new();
+
+        let (v, e) = ok("check", None, &json!({"source": source}));
+        assert_eq!(v, json!([]));
+        logs += &e;
+
+        // put: one platform backup, the record as the version, each member in the metadata.
+        let put_dir = p.tmp.path().join("put");
+        fs::create_dir(&put_dir).unwrap();
+        let (put, e) = ok("out", Some(&put_dir), &json!({"source": source, "params": {}}));
+        logs += &e;
+        let name = put["version"]["artifact"].as_str().unwrap().to_string();
+        assert!(name.starts_with("platform_"), "{put}");
+        assert_eq!(metadata(&put, "members"), "4", "{put}");
+        assert!(metadata(&put, "Ops Manager export").starts_with("opsman_"), "{put}");
+        assert!(metadata(&put, "director").starts_with("10.0.0.6_"), "{put}");
+        assert!(metadata(&put, "product cf").starts_with(&format!("{CF}_")), "{put}");
+        assert!(metadata(&put, "product p-isolation-segment").starts_with(&format!("{ISO}_")), "{put}");
+        assert_eq!(metadata(&put, "codec"), "zstd + age");
+        assert!(e.contains(&format!("Platform record {name} committed: 4 members")), "{e}");
+        assert!(p.director.live_users().is_empty(), "{:?}", p.director.live_users());
+
+        // Read back with the AWS CLI: the record names four members, each committed with
+        // the lockstep.json it names; the build that took it is recorded.
+        let record: Value = serde_json::from_slice(&aws(&server, &["s3", "cp", &format!("s3://backups/platform/{name}/platform.json"), "-"])).unwrap();
+        let members = record["members"].as_array().unwrap().clone();
+        let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["opsman-export", "director", "product", "product"]);
+        for m in &members {
+            let a = m["artifact"].as_str().unwrap();
+            assert_eq!(metadata(&put, &m["product"].as_str().map(|p| format!("product {p}")).unwrap_or_default()).is_empty(), m["product"].is_null());
+            let marker = aws(&server, &["s3", "cp", &format!("s3://backups/platform/{a}/lockstep.json"), "-"]);
+            assert_eq!(sha256_hex(&marker), m["marker_sha256"].as_str().unwrap(), "{a}");
+        }
+        assert_eq!(record["origin"]["BUILD_PIPELINE_NAME"], "cf-backup");
+
+        // check lists it; get verifies every member and writes the record and each
+        // member's records.
+        let (v, _) = ok("check", None, &json!({"source": source}));
+        assert_eq!(v, json!([{"artifact": name}]));
+        let got = p.tmp.path().join("got");
+        let (g, e) = ok("in", Some(&got), &json!({"source": source, "version": {"artifact": name}}));
+        logs += &e;
+        assert_eq!(g["version"]["artifact"], name.as_str());
+        assert!(e.contains(&format!("Verified platform backup {name}: every file of its 4 members")), "{e}");
+        let written: Value = serde_json::from_slice(&fs::read(got.join("platform.json")).unwrap()).unwrap();
+        assert_eq!(written, record);
+        assert_eq!(fs::read_to_string(got.join("version")).unwrap().trim(), name);
+        for m in &members {
+            let dir = got.join(m["artifact"].as_str().unwrap());
+            for f in ["metadata", "lockstep.json", "version"] {
+                assert!(dir.join(f).is_file(), "{f} missing from {}", dir.display());
+            }
+            assert_eq!(sha256_hex(&fs::read(dir.join("lockstep.json")).unwrap()), m["marker_sha256"].as_str().unwrap());
+        }
+
+        // A flipped byte in a member: get fails naming it, and writes no version.
+        let cf = members[2]["artifact"].as_str().unwrap().to_string();
+        let object = server.files().into_iter().find(|f| f.contains(&cf) && f.ends_with(".age")).expect("cf's object");
+        let object = server.root.path().join(object);
+        let intact = fs::read(&object).unwrap();
+        let mut flipped = intact.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        fs::write(&object, &flipped).unwrap();
+        let damaged = p.tmp.path().join("damaged");
+        let e = fails("in", Some(&damaged), &json!({"source": source, "version": {"artifact": name}}));
+        assert!(e.contains("incomplete or damaged: 1 of its 4 members") && e.contains(&cf), "{e}");
+        assert!(!damaged.join("version").exists() && !damaged.join("platform.json").exists());
+        fs::write(&object, &intact).unwrap();
+
+        // A member without its commit marker: the record is no version, and says why.
+        let marker_key = format!("platform/{cf}/lockstep.json");
+        let marker = server.object_path("backups", &marker_key);
+        let kept = fs::read(&marker).unwrap();
+        aws(&server, &["s3", "rm", &format!("s3://backups/{marker_key}")]);
+        let out = run("check", None, &json!({"source": source}));
+        assert!(out.status.success());
+        assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!([]));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(&format!("platform backup {name} is incomplete, so it is no version: {cf} NOT COMMITTED")), "{e}");
+        let e = fails("in", Some(&damaged), &json!({"source": source, "version": {"artifact": name}, "params": {"skip_download": true}}));
+        assert!(e.contains(&format!("{cf} (product {CF}): NOT COMMITTED")), "{e}");
+        fs::write(&marker, &kept).unwrap();
+        let (v, _) = ok("check", None, &json!({"source": source}));
+        assert_eq!(v, json!([{"artifact": name}]));
+
+        // A member that fails: no version, nothing on stdout, the log names the member.
+        p.director.fail_vms_task_of(ISO);
+        std::thread::sleep(Duration::from_millis(1100));
+        let e = fails("out", Some(&put_dir), &json!({"source": source, "params": {}}));
+        assert!(e.contains(&format!("platform member 4/4 product p-isolation-segment (deployment {ISO}) failed")), "{e}");
+        assert!(e.contains("No platform record was written") && e.contains("no version is emitted"), "{e}");
+        logs += &e;
+        let (v, _) = ok("check", None, &json!({"source": source, "version": {"artifact": name}}));
+        assert_eq!(v, json!([{"artifact": name}]), "a failed put made a version");
+
+        // prune: newer copies of every member (the rules alone would delete the members)
+        // and an older record; the newest record keeps its members, the older one goes.
+        for m in &members {
+            let a = m["artifact"].as_str().unwrap();
+            let newer = format!("{}_29990101T000000Z", a.rsplit_once('_').unwrap().0);
+            aws(&server, &["s3", "cp", "--recursive", "--quiet", &format!("s3://backups/platform/{a}/"), &format!("s3://backups/platform/{newer}/")]);
+        }
+        let old = "platform_20200101T000000Z";
+        let mut old_record = record.clone();
+        old_record["platform"] = old.into();
+        fs::write(p.tmp.path().join("old.json"), serde_json::to_vec(&old_record).unwrap()).unwrap();
+        aws(&server, &["s3", "cp", "--quiet", p.tmp.path().join("old.json").to_str().unwrap(), &format!("s3://backups/platform/{old}/platform.json")]);
+        let (v, _) = ok("check", None, &json!({"source": source, "version": {"artifact": old}}));
+        assert_eq!(v, json!([{"artifact": old}, {"artifact": name}]));
+        let (pruned, e) = ok("out", Some(&put_dir), &json!({"source": source, "params": {"action": "prune"}}));
+        logs += &e;
+        assert_eq!(pruned["version"]["artifact"], name.as_str(), "{pruned}");
+        let listing = String::from_utf8(aws(&server, &["s3", "ls", "--recursive", "s3://backups/platform/"])).unwrap();
+        assert!(!listing.contains(old), "the older record was not pruned:\n{listing}");
+        for m in &members {
+            let a = m["artifact"].as_str().unwrap();
+            assert!(listing.contains(&format!("{a}/lockstep.json")), "{a} was pruned:\n{e}\n{listing}");
+        }
+        let (_, e) = ok("in", Some(&p.tmp.path().join("after")), &json!({"source": source, "version": {"artifact": name}}));
+        assert!(e.contains("every file of its 4 members"), "{e}");
+
+        // restore is not a platform action.
+        let e = fails("out", Some(&put_dir), &json!({"source": source, "params": {"action": "restore", "artifact": "got"}}));
+        assert!(e.contains("restored member by member"), "{e}");
+
+        for secret in [p.spec.user.1.as_str(), "bbr-client-secret", "PRIVATE KEY", identity.as_str(), server.secret.as_str()] {
+            assert!(!logs.contains(secret), "{secret} was printed");
+        }
+    }
+
+    #[test]
+    fn a_put_while_ops_manager_applies_changes_fails_writing_nothing() {
+        let Some(server) = S3sFs::start() else { return };
+        server.bucket("backups");
+        let mut spec = Spec::platform("-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----\n");
+        spec.installations.insert(0, (9, "running".into(), "bob".into()));
+        let om = OpsMan::start(spec.clone());
+        let source = json!({
+            "opsman": {"target": om.url, "client_id": spec.client.0, "client_secret": spec.client.1, "ca_cert": om.ca_pem},
+            "store": {"bucket": "backups", "prefix": "platform", "endpoint": server.endpoint(), "region_name": REGION,
+                      "access_key_id": ACCESS_KEY, "secret_access_key": server.secret, "use_path_style": true},
+        });
+        let dir = TempDir::new().unwrap();
+        let e = fails("out", Some(dir.path()), &json!({"source": source}));
+        assert!(e.contains("is applying changes (installation 9, started by bob") && e.contains("Wait until it finishes"), "{e}");
+        assert!(!e.contains(&spec.client.1), "{e}");
+        assert!(server.files().is_empty(), "{:?}", server.files());
+        let calls = om.calls();
+        assert!(calls.iter().any(|c| c == "GET /api/v0/installations"), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.contains("installation_asset_collection") || c.contains("credentials")), "{calls:?}");
+        // Wrong credentials: the login fails, saying what to check, never the secret.
+        let mut wrong = source.clone();
+        wrong["opsman"]["client_secret"] = json!("not-the-client-secret");
+        let e = fails("out", Some(dir.path()), &json!({"source": wrong}));
+        assert!(e.contains("logging in to Ops Manager") && e.contains("OM_CLIENT_SECRET"), "{e}");
+        assert!(!e.contains("not-the-client-secret"), "{e}");
+        assert!(server.files().is_empty());
+    }
+
+    #[test]
+    fn bad_opsman_sources_fail_clearly() {
+        let dir = TempDir::new().unwrap();
+        let login = json!({"target": "https://127.0.0.1:1", "username": "admin", "password": "hunter2-pass"});
+        let with = |k: &str, v: Value| {
+            let mut o = login.clone();
+            o[k] = v;
+            json!({"source": {"store": {"path": "/tmp"}, "opsman": o}})
+        };
+        for (kind, req, want) in [
+            ("check", with("skip_ssl_verification", json!(true)), "opsman: unknown key `skip_ssl_verification`; allowed keys: target, username, password"),
+            ("out", json!({"source": {"store": {"path": "/tmp"}, "opsman": {"target": "https://opsman", "username": "admin"}}}), "opsman: `username` needs `password`"),
+            ("in", with("products", json!("all,cf")), "opsman.products: give `all` alone"),
+            ("out", json!({"source": {"store": {"path": "/tmp"}, "opsman": {"target": "https://opsman"}}}), "opsman: missing credentials"),
+            (
+                "check",
+                json!({"source": {"store": {"path": "/tmp"}, "opsman": login, "target": {"local": {"name": "x", "instances": {}}}}}),
+                "give `target` (one deployment) or `opsman`",
+            ),
+        ] {
+            let e = fails(kind, (kind != "check").then_some(dir.path()), &req);
+            assert!(e.contains(want), "{kind} {req}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // An ordinary version given to a platform source.
+        let e = fails("in", Some(dir.path()), &json!({"source": {"store": {"path": dir.path()}, "opsman": login}, "version": {"artifact": "cf_20260101T000000Z"}}));
+        assert!(e.contains("is not a platform backup (platform_<time>)"), "{e}");
+    }
+}

@@ -61,6 +61,8 @@ const STRUCTURED: &[&str] = &[
     "encryption.recipients",
     "retention",
     "ssh",
+    "opsman",
+    "opsman.products",
 ];
 
 /// Where references are resolved from.

@@ -14,6 +14,9 @@
 //! - `out`: `params.action` is `backup` (default), `restore` (from `$1/<params.artifact>`, a
 //!   directory a `get` fetched) or `prune` (the `retention:` policy); it prints the version
 //!   and metadata a person wants on the build page.
+//!
+//! With `opsman:` in `source:` the versions are platform records (`platform_<time>`): `put`
+//! takes a whole platform backup, `get` verifies every member (`concourse/platform.rs`).
 
 use crate::artifact::{CommitMarker, MARKER_FILE, METADATA_FILE};
 use crate::config::Config;
@@ -26,6 +29,8 @@ use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod platform;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -143,6 +148,9 @@ pub async fn check(req: &Request) -> anyhow::Result<Value> {
 }
 
 pub async fn get(ctx: &Ctx, req: &Request, dest: &Path) -> anyhow::Result<Value> {
+    if req.config.opsman.is_some() {
+        return platform::get(ctx, req, dest).await;
+    }
     let name = req.version.clone().ok_or_else(|| anyhow!("in needs a version ({{\"artifact\": ...}})"))?;
     let skip = param_bool(&req.params, "skip_download", false)?;
     let verify_only = param_bool(&req.params, "verify_only", false)?;
@@ -226,6 +234,9 @@ pub async fn put(ctx: &Ctx, req: &Request, sources: &Path) -> anyhow::Result<Val
         Some(Value::String(s)) => s.clone(),
         Some(other) => bail!("params.action must be backup, restore or prune, not {other}"),
     };
+    if req.config.opsman.is_some() && action != "prune" {
+        return platform::put(ctx, req, &action).await;
+    }
     match action.as_str() {
         "backup" => {
             let lock_free = param_bool(&req.params, "unsafe_lock_free", false)?;

@@ -5,5 +5,6 @@ pub mod fleet;
 pub mod director;
 pub mod https;
 pub mod opsman;
+pub mod platform;
 pub mod stall_proxy;
 pub mod owed_jobs;
