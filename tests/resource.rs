@@ -380,6 +380,23 @@ mod platform {
             assert_eq!(sha256_hex(&fs::read(dir.join("lockstep.json")).unwrap()), m["marker_sha256"].as_str().unwrap());
         }
 
+        // A member's directory is what a get with skip_download writes: a resource whose
+        // target is that member (here the director VM, as a host) restores it from there,
+        // streamed from the store.
+        let director = members[1]["artifact"].as_str().unwrap();
+        let key = fs::read_to_string(p.fleet.key(support::fleet::KeyKind::RsaPem).private).unwrap();
+        let mut member_source = source.clone();
+        member_source.as_object_mut().unwrap().remove("opsman");
+        member_source["target"] = json!({"hosts": {"name": "10.0.0.6", "instances": [{"group": "bosh", "index": 0,
+            "address": p.fleet.vms[0].address(), "username": "bbr", "private_key": key, "host_public_key": p.fleet.vms[0].host_key_line}]}});
+        let data = p.fleet.vms[0].host_path("/var/vcap/store/director/data");
+        fs::remove_file(&data).unwrap();
+        let (r, e) = ok("out", Some(p.tmp.path()), &json!({"source": member_source, "params": {"action": "restore", "artifact": format!("got/{director}")}}));
+        logs += &e;
+        assert_eq!(r["version"]["artifact"], director, "{r}");
+        assert!(e.contains("streamed (the get fetched only its records)"), "{e}");
+        assert_eq!(fs::read_to_string(&data).unwrap(), "director database\n");
+
         // A flipped byte in a member: get fails naming it, and writes no version.
         let cf = members[2]["artifact"].as_str().unwrap().to_string();
         let object = server.files().into_iter().find(|f| f.contains(&cf) && f.ends_with(".age")).expect("cf's object");
