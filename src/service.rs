@@ -111,10 +111,6 @@ async fn release(target: &dyn crate::target::Target, failures: &mut Failures) {
 /// The deployment's committed artifacts, oldest first, and the store's warnings (a primary
 /// store that could not be listed, so a replica answered), for the caller to show.
 pub async fn committed(cfg: &Config) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    // With `opsman:`, the versions are the complete platform records.
-    if cfg.opsman.is_some() {
-        return platform::complete_records(cfg).await;
-    }
     let store = cfg.open_store()?;
     let names = stored::list(store.as_ref()).await?;
     let names = match cfg.deployment_name() {
@@ -190,9 +186,18 @@ pub fn codec_of(marker: &CommitMarker) -> String {
     format!("{}{}", codec.compression.name(), if codec.encrypted() { " + age" } else { "" })
 }
 
-/// The newest committed artifact, for actions that default to it.
+/// What the configuration's versions are, oldest first, with the store's warnings: with
+/// `opsman:` the complete platform records, else the committed artifacts.
+pub async fn versions(cfg: &Config) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    match cfg.opsman {
+        Some(_) => platform::complete_records(cfg).await,
+        None => committed(cfg).await,
+    }
+}
+
+/// The newest version (see [`versions`]), for actions that default to it.
 pub async fn newest(cfg: &Config) -> anyhow::Result<String> {
-    committed(cfg).await?.0.pop().ok_or_else(|| {
+    versions(cfg).await?.0.pop().ok_or_else(|| {
         anyhow!("no committed artifact in {}{}", cfg.store.describe(), cfg.deployment_name().map(|d| format!(" for {d}")).unwrap_or_default())
     })
 }

@@ -380,6 +380,21 @@ mod platform {
             assert_eq!(sha256_hex(&fs::read(dir.join("lockstep.json")).unwrap()), m["marker_sha256"].as_str().unwrap());
         }
 
+        // The tasks' `lockstep run` reads the same source as LOCKSTEP_CONFIG: list shows the
+        // record, verify (without an artifact) verifies the newest platform version.
+        let lockstep = |action: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_lockstep")).args(["run", action]).env("LOCKSTEP_CONFIG", source.to_string()).output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        };
+        let (code, list) = lockstep("list");
+        assert_eq!(code, Some(0), "{list}");
+        assert!(list.contains("PLATFORM BACKUPS") && list.contains(&format!("{name}  ")) && list.contains("complete"), "{list}");
+        let (code, out) = lockstep("verify");
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains(&format!("Verified platform backup {name}: every file of its 4 members")), "{out}");
+        logs += &list;
+        logs += &out;
+
         // A member's directory is what a get with skip_download writes: a resource whose
         // target is that member (here the director VM, as a host) restores it from there,
         // streamed from the store.
@@ -464,6 +479,17 @@ mod platform {
         let (_, e) = ok("in", Some(&p.tmp.path().join("after")), &json!({"source": source, "version": {"artifact": name}}));
         assert!(e.contains("every file of its 4 members"), "{e}");
 
+        // `lockstep run backup` with the source as LOCKSTEP_CONFIG takes the same platform
+        // backup; the isolation segment still fails, named, and no record is written.
+        std::thread::sleep(Duration::from_millis(1100));
+        let (code, out) = lockstep("backup");
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(&format!("platform member 4/4 product p-isolation-segment (deployment {ISO}) failed")), "{out}");
+        assert!(out.contains("no platform record was written"), "{out}");
+        logs += &out;
+        let (v, _) = ok("check", None, &json!({"source": source}));
+        assert_eq!(v, json!([{"artifact": name}]));
+
         // restore is not a platform action.
         let e = fails("out", Some(&put_dir), &json!({"source": source, "params": {"action": "restore", "artifact": "got"}}));
         assert!(e.contains("restored member by member"), "{e}");
@@ -493,6 +519,12 @@ mod platform {
         let calls = om.calls();
         assert!(calls.iter().any(|c| c == "GET /api/v0/installations"), "{calls:?}");
         assert!(!calls.iter().any(|c| c.contains("installation_asset_collection") || c.contains("credentials")), "{calls:?}");
+        // The tasks' `lockstep run backup` with the same configuration: refused alike.
+        let out = Command::new(env!("CARGO_BIN_EXE_lockstep")).args(["run", "backup"]).env("LOCKSTEP_CONFIG", source.to_string()).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains("is applying changes (installation 9"), "{e}");
+        assert!(server.files().is_empty(), "{:?}", server.files());
         // Wrong credentials: the login fails, saying what to check, never the secret.
         let mut wrong = source.clone();
         wrong["opsman"]["client_secret"] = json!("not-the-client-secret");

@@ -131,7 +131,7 @@ fn jobs_summary(m: &crate::artifact::BackupMetadata) -> String {
 }
 
 pub async fn check(req: &Request) -> anyhow::Result<Value> {
-    let (names, warnings) = service::committed(&req.config).await?;
+    let (names, warnings) = service::versions(&req.config).await?;
     for w in warnings {
         eprintln!("WARNING: {w}");
     }

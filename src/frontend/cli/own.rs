@@ -207,6 +207,16 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
             ctx.info(if f.is_empty() { format!("Deployment '{name}' can be backed up.") } else { format!("Deployment '{name}' cannot be backed up.") });
             (f, t, "backup-cleanup")
         }
+        RunAction::Backup { unsafe_lock_free: false } if cfg.opsman.is_some() => {
+            let out = service::platform::run_platform_backup(ctx, &cfg, build_origin()).await?;
+            match &out.record {
+                Some(r) => ctx.info(format!("Platform backup {r} in {}: {}", cfg.store.describe(), out.members.iter().map(|m| m.artifact.as_str()).collect::<Vec<_>>().join(", "))),
+                None => ctx.warn("no platform record was written: this platform backup is incomplete"),
+            }
+            // A cleanup is owed to the member that failed, which has a target of its own.
+            let cleanup = "lockstep director|deployment ... backup-cleanup";
+            return Ok(finish(ctx, &out.failures, &Default::default(), cleanup).max(i32::from(out.record.is_none())));
+        }
         RunAction::Backup { unsafe_lock_free } => {
             let out = service::run_backup(ctx, &cfg, *unsafe_lock_free, build_origin()).await?;
             if let Some(a) = &out.artifact {
@@ -257,7 +267,11 @@ pub(super) async fn run_configured(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i
                 Some(a) => a.clone(),
                 None => service::newest(&cfg).await?,
             };
-            return match service::verify(ctx, &cfg, &name).await {
+            let verified = match crate::artifact::platform::is_platform_name(&name) {
+                true => service::platform::check_record(ctx, &cfg, &name, true).await.map(|_| ()),
+                false => service::verify(ctx, &cfg, &name).await.map(|_| ()),
+            };
+            return match verified {
                 Ok(_) => Ok(0),
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -2,7 +2,7 @@
 //! (`{"artifact": "platform_<time>"}`), each naming the members of one whole-platform
 //! backup. `put` takes one (`lockstep opsman backup`'s run), `get` verifies every member and
 //! writes the record and each member's records; `check` and `prune` are the ordinary ones
-//! (`service::committed` lists the complete records; retention keeps a kept record's members).
+//! (`service::versions` lists the complete records; retention keeps a kept record's members).
 
 use super::{meta, param_bool, readable_by_tasks, version, Request};
 use crate::artifact::platform::{Member, PlatformRecord, PLATFORM_FILE};
