@@ -198,3 +198,44 @@ fn an_encrypted_export_without_its_identity_is_refused_before_sending() {
     assert!(text(&out).contains("is encrypted (age, to age1") && text(&out).contains("--identity"), "{}", text(&out));
     assert!(!fresh.calls().iter().any(|c| c == IMPORT), "{:?}", fresh.calls());
 }
+
+#[test]
+fn a_changed_byte_in_an_encrypted_export_is_found_as_it_is_decrypted() {
+    let mut spec = Spec::platform(KEY);
+    spec.export_size = 8 << 20;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (key, recipient) = age_key(dir.path());
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let name = export(&OpsMan::start(spec.clone()), &spec, &store, &["--compression", "none", "--encrypt-to", &recipient]);
+    let object = stored_tar(&store, &name).with_extension("tar.age");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let fresh = OpsMan::start(Spec::unconfigured(&spec));
+    let out = import(&fresh, &store, &name, &spec.passphrase, &["-i", key.to_str().unwrap()]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("Backup is corrupted") && log.contains("did not take it"), "{log}");
+    wait_for("the double to see the cut upload", || fresh.cut_uploads() == 1);
+    assert!(fresh.imports().is_empty() && !fresh.configured());
+}
+
+#[test]
+fn an_upload_refused_from_its_head_is_ops_managers_refusal_not_a_damaged_backup() {
+    let mut spec = Spec::platform(KEY);
+    spec.export_size = 8 << 20;
+    let dir = tempfile::TempDir::new().unwrap();
+    let name = export(&OpsMan::start(spec.clone()), &spec, dir.path(), &["--compression", "none"]);
+    let fresh = OpsMan::start(Spec::unconfigured(&spec));
+    fresh.set_upload_limit(1 << 20);
+    let out = import(&fresh, dir.path(), &name, &spec.passphrase, &[]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(!log.contains("corrupted"), "an intact backup called corrupted:\n{log}");
+    assert!(log.contains("Ops Manager refused the installation: POST /api/v0/installation_asset_collection: 413"), "{log}");
+    assert!(log.contains("refuses uploads this large"), "{log}");
+    assert!(fresh.imports().is_empty() && !fresh.configured());
+}

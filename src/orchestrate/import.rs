@@ -81,30 +81,53 @@ pub async fn import_export(ctx: &Ctx, store: &dyn Store, name: &str, ids: &Ident
                 p.extend(object_problem(&art, &entry.stored, stored_size, &stored_sha));
                 (p, last)
             }
-            Err(e) => (vec![format!("{e:#}")], None),
+            // The destination hung up: its answer says why (the send's error).
+            Err(Fed::Gone) => return Err(None),
+            Err(Fed::Unreadable(e)) => {
+                let _ = tx.send(Err(std::io::Error::other("the stored export could not be read"))).await;
+                return Err(Some(e.context(format!(
+                    "the stored export {name} ({}) could not be read to its end (damaged, or the store failed); the import was cut off before the file's end, so {location} did not take it",
+                    entry.stored
+                ))));
+            }
+            Err(Fed::Damaged(e)) => (vec![format!("{e:#}")], None),
         };
         if !problems.is_empty() {
             // The destination must not take what it has: the body ends in an error.
             let _ = tx.send(Err(std::io::Error::other("the stored export is corrupted"))).await;
-            bail!(
+            return Err(Some(anyhow!(
                 "Backup is corrupted: {} problem(s) in {name} ({}); the import was cut off before the file's end, so {location} did not take it:\n  {}",
                 problems.len(),
                 entry.stored,
                 problems.join("\n  ")
-            );
+            )));
         }
         if let Some(last) = last {
-            tx.send(Ok(last)).await.map_err(|_| anyhow!("{location} stopped taking {what} before its last bytes"))?;
+            tx.send(Ok(last)).await.map_err(|_| None)?;
         }
         Ok(())
     };
     let (fed, sent) = tokio::join!(feed, dest.send(&file, size, body));
-    fed?;
-    sent?;
+    match (fed, sent) {
+        (Err(Some(e)), _) => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(None), Ok(())) => bail!("{} answered before it had the whole of {file}", dest.location()),
+        (Ok(()), Ok(())) => {}
+    }
     ctx.info(format!("Sent {file} ({size} bytes, sha256 {sha256}, as its metadata records); waiting for the import to finish"));
     dest.wait_ready(&|m| ctx.info(m)).await?;
     ctx.info(format!("Imported {name} into {}", dest.location()));
     Ok(Imported { file, size, sha256 })
+}
+
+/// Why feeding the destination stopped.
+enum Fed {
+    /// The destination stopped taking the bytes (it answered, or its connection broke).
+    Gone,
+    /// The store's object could not be read or decoded to its end.
+    Unreadable(anyhow::Error),
+    /// The bytes read are not the tar the metadata describes.
+    Damaged(anyhow::Error),
 }
 
 /// Reads the rest of the tar after `header`, sending the file's `size` bytes on `tx` as they
@@ -117,24 +140,29 @@ async fn feed(
     size: u64,
     file: &str,
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
-) -> anyhow::Result<(crate::artifact::tar_hash::Checksums, Option<Bytes>)> {
-    let gone = || anyhow!("the destination stopped taking {file}");
+) -> Result<(crate::artifact::tar_hash::Checksums, Option<Bytes>), Fed> {
+    let damaged = |e: crate::artifact::tar_hash::TarHashError| Fed::Damaged(anyhow::Error::from(e).context("the export's tar"));
     let mut tar = TarHasher::new();
-    tar.update(&header)?;
+    tar.update(&header).map_err(damaged)?;
     let mut buf = vec![0u8; 256 * 1024];
     let (mut read, mut held): (u64, Option<Bytes>) = (0, None);
     let mut next = 10;
     loop {
-        let n = reader.read(&mut buf).await.with_context(|| format!("reading the stored export after {read} of {size} bytes"))?;
+        let n = reader.read(&mut buf).await.map_err(|e| {
+            // Bytes that do not decrypt or decompress are damaged; anything else is the store.
+            let damaged = e.kind() == std::io::ErrorKind::InvalidData;
+            let e = anyhow::Error::from(e).context(format!("reading it after {read} of the file's {size} bytes"));
+            if damaged { Fed::Damaged(e) } else { Fed::Unreadable(e) }
+        })?;
         if n == 0 {
             break;
         }
-        tar.update(&buf[..n]).context("the export's tar")?;
+        tar.update(&buf[..n]).map_err(damaged)?;
         let data = (size - read).min(n as u64) as usize;
         if data > 0 {
             read += data as u64;
             if let Some(prev) = held.replace(Bytes::copy_from_slice(&buf[..data])) {
-                tx.send(Ok(prev)).await.map_err(|_| gone())?;
+                tx.send(Ok(prev)).await.map_err(|_| Fed::Gone)?;
             }
             let pct = read.saturating_mul(100).checked_div(size).unwrap_or(100);
             if pct >= next && pct < 100 {
@@ -143,9 +171,9 @@ async fn feed(
             }
         }
     }
-    let sums = tar.finish().context("the export's tar")?;
+    let sums = tar.finish().map_err(damaged)?;
     if read != size {
-        bail!("the export's tar ended after {read} of the file's {size} bytes");
+        return Err(Fed::Damaged(anyhow!("the export's tar ended after {read} of the file's {size} bytes")));
     }
     Ok((sums, held))
 }

@@ -22,6 +22,8 @@ pub struct Request {
     /// `form` instead (a file part of gigabytes is hashed, never held).
     pub body: Vec<u8>,
     pub form: Option<Form>,
+    /// Its body was announced longer than the server takes, and left unread.
+    pub too_large: bool,
 }
 
 /// A `multipart/form-data` body, as a server that spools its file parts sees it.
@@ -96,6 +98,9 @@ pub struct Https {
     pub url: String,
     pub ca_path: PathBuf,
     pub ca_pem: String,
+    /// Bodies announced longer than this are answered from their head alone, as nginx's
+    /// `client_max_body_size` does (the request's `too_large`), before any body byte is read.
+    pub max_body: Arc<std::sync::atomic::AtomicU64>,
     _dir: TempDir,
 }
 
@@ -135,15 +140,24 @@ impl Https {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let handler = make(&url);
+        let max_body = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let limit = max_body.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(tcp) = conn else { continue };
                 let (config, handler) = (config.clone(), handler.clone());
+                let limit = limit.load(std::sync::atomic::Ordering::Relaxed);
                 std::thread::spawn(move || {
                     let Ok(tls) = rustls::ServerConnection::new(config) else { return };
                     let mut stream = rustls::StreamOwned::new(tls, tcp);
-                    if let Some(req) = read_request(&mut stream) {
+                    if let Some(req) = read_request_limited(&mut stream, limit) {
                         let _ = answer(&mut stream, handler(&req));
+                        if req.too_large {
+                            // nginx's lingering close: the unread body is read and dropped for
+                            // a while, so the client gets the answer rather than a reset.
+                            let _ = stream.sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+                        }
                         stream.conn.send_close_notify();
                         let _ = stream.flush();
                     }
@@ -151,7 +165,7 @@ impl Https {
             }
         });
         let ca_pem = std::fs::read_to_string(d.join("ca.pem")).unwrap();
-        Https { url, ca_path: d.join("ca.pem"), ca_pem, _dir: dir }
+        Https { url, ca_path: d.join("ca.pem"), ca_pem, max_body, _dir: dir }
     }
 }
 
@@ -210,6 +224,11 @@ impl<W: Write + ?Sized> Write for Chunked<&mut W> {
 }
 
 pub fn read_request(stream: &mut impl Read) -> Option<Request> {
+    read_request_limited(stream, u64::MAX)
+}
+
+/// [`read_request`]; a body announced longer than `max_body` is left unread (`too_large`).
+pub fn read_request_limited(stream: &mut impl Read, max_body: u64) -> Option<Request> {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
@@ -228,11 +247,13 @@ pub fn read_request(stream: &mut impl Read) -> Option<Request> {
         headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
     let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let too_large = len as u64 > max_body;
     let boundary = headers
         .get("content-type")
         .filter(|t| t.starts_with("multipart/form-data"))
         .and_then(|t| t.split(';').find_map(|p| p.trim().strip_prefix("boundary=")).map(|b| b.trim_matches('"').to_string()));
     let (body, form) = match boundary {
+        _ if too_large => (Vec::new(), None),
         Some(b) => (Vec::new(), Some(read_form(&mut r.take(len as u64), len as u64, &b))),
         None => {
             let mut body = vec![0; len];
@@ -244,7 +265,7 @@ pub fn read_request(stream: &mut impl Read) -> Option<Request> {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target, String::new()),
     };
-    Some(Request { method, path, query, headers, body, form })
+    Some(Request { method, path, query, headers, body, form, too_large })
 }
 
 /// Reads a multipart body of `len` bytes as it arrives: fields kept, file parts hashed.

@@ -213,6 +213,12 @@ impl OpsMan {
     pub fn configured(&self) -> bool {
         self.spec.lock().unwrap().configured
     }
+
+    /// Requests with a body announced longer than `bytes` get `413` from their head alone,
+    /// as Ops Manager's nginx answers past its `client_max_body_size`.
+    pub fn set_upload_limit(&self, bytes: u64) {
+        self._https.max_body.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Hashes what passes on its way to the client.
@@ -259,6 +265,9 @@ fn handle(spec_lock: &Mutex<Spec>, state: &Mutex<State>, url: &str, req: &Reques
         state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
         json("404 Not Found", json!({"errors": {"base": [format!("unexpected request {call}")]}}))
     };
+    if req.too_large {
+        return ("413 Request Entity Too Large", vec![("Content-Type".into(), "text/html".into())], "<html><center><h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></html>".into());
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/login/ensure_availability") => return availability(spec_lock, state, url),
         ("POST", "/api/v0/installation_asset_collection") if !spec.configured => return import(spec_lock, state, req),

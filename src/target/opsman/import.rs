@@ -179,6 +179,8 @@ impl Importer for InstallationImport {
         let body = resp.text().await.unwrap_or_default();
         let hint = if body.to_lowercase().contains("passphrase") || status == StatusCode::UNPROCESSABLE_ENTITY {
             " (check the decryption passphrase, --decryption-passphrase or OM_DECRYPTION_PASSPHRASE: it must be the one the exported Ops Manager was set up with)"
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            " (the web server in front of Ops Manager, or a proxy on the way, refuses uploads this large)"
         } else {
             ""
         };
