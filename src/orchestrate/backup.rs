@@ -388,9 +388,10 @@ async fn drain_all(
     codec: &Codec,
 ) -> (Vec<anyhow::Error>, Vec<anyhow::Error>) {
     let jobs = dep.jobs_where(|j| j.backupable());
+    let at_once = jobs.len().min(ctx.max_in_flight.max(1));
     let results = bounded(ctx.max_in_flight, jobs, |at| async move {
         let (inst, job) = dep.job(at);
-        let sums = cancellable(ctx, drain_one(ctx, dep, at, writer, codec)).await.map_err(|e| {
+        let sums = cancellable(ctx, drain_one(ctx, dep, at, writer, codec, at_once)).await.map_err(|e| {
             if e.is::<Cancelled>() { e } else { anyhow!("Failed to drain the artifact of job {} on {}: {e:#}", job.name, inst.id()) }
         })?;
         let id = inst.id();
@@ -470,6 +471,7 @@ async fn drain_one(
     at: JobAt,
     writer: &ArtifactWriter<'_>,
     codec: &Codec,
+    at_once: usize,
 ) -> anyhow::Result<crate::artifact::tar_hash::Checksums> {
     let (inst, job) = dep.job(at);
     let id = inst.id().clone();
@@ -489,7 +491,7 @@ async fn drain_one(
     let progress = percent_steps(size, 10, move |bytes, _| {
         events.emit(Event::TransferProgress { instance: pid.clone(), job: pjob.clone(), bytes, size });
     });
-    let encoder = match Encoder::new(MeteredWriter::new(object), codec) {
+    let encoder = match Encoder::sharing(MeteredWriter::new(object), codec, at_once) {
         Ok(e) => e,
         Err(e) => return Err(e.context("starting the compressor/encryptor")),
     };
