@@ -2,7 +2,7 @@
 //! committed artifact of its own: streamed through zstd and age, listed and verified by
 //! lockstep, and restored by hand with the AWS CLI, `age`, `zstd` and `tar` into the very
 //! bytes Ops Manager sent. A download cut mid-stream leaves nothing in the bucket, which
-//! the AWS CLI lists.
+//! the AWS CLI lists. A 320 MiB export streams through the CLI in bounded memory.
 
 mod s3_support;
 mod support;
@@ -160,4 +160,60 @@ fn the_cli_refuses_to_export_while_changes_are_applied() {
     assert!(stderr.contains("is applying changes (installation 9, started by bob"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
     assert!(!om.calls().iter().any(|c| c.contains("installation_asset_collection")), "{:?}", om.calls());
+}
+
+/// The largest the process's resident memory has been (`VmHWM`), in MiB, while it runs.
+fn peak_rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|kb| kb / 1024)
+}
+
+/// A real installation export is gigabytes: a 320 MiB one, served in 64 KiB writes with
+/// its length announced, streams through the CLI into S3 (8 MiB parts) without the CLI
+/// ever holding it: its peak RSS stays far below the export's size. The AWS CLI then
+/// reads the stored `metadata`, whose checksum must be that of the bytes Ops Manager sent.
+#[test]
+fn a_several_hundred_mib_export_streams_into_s3_in_bounded_memory() {
+    use sha2::Digest;
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("big");
+    let mut spec = Spec::platform(KEY);
+    spec.export_size = 320 << 20;
+    let om = OpsMan::start(spec.clone());
+    let url = server.url("big", "platform");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["opsman", "export", "--store", &url, "--ca-cert", &om.ca_pem])
+        .env("OM_TARGET", &om.url)
+        .env("OM_USERNAME", &spec.user.0)
+        .env("OM_PASSWORD", &spec.user.1)
+        .envs(server.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // VmHWM only grows: the last reading before the exit is (about) the peak.
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("peak RSS of `lockstep opsman export` for a 320 MiB export: {peak} MiB");
+    assert!(peak > 0, "the process's memory was never read");
+    assert!(peak < 160, "peak RSS {peak} MiB for a 320 MiB export: the export is being held in memory");
+
+    let name = stderr.split("exported: ").nth(1).and_then(|r| r.split_whitespace().next()).expect("the artifact's name").to_string();
+    let aws = |args: &[&str]| {
+        let o = server.aws().unwrap().args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let metadata = aws(&["s3", "cp", &format!("s3://big/platform/{name}/metadata"), "-"]);
+    let sent = hex::encode(sha2::Sha256::digest(zip_bytes(spec.export_size)));
+    assert!(metadata.contains(&sent), "metadata does not record the sha256 of what Ops Manager sent ({sent}):\n{metadata}");
+    let listed = aws(&["s3", "ls", "--recursive", "s3://big/platform/"]);
+    assert!(listed.contains(&format!("{name}/opsman-export.tar.zst")) && listed.contains(&format!("{name}/lockstep.json")), "{listed}");
 }
