@@ -224,3 +224,49 @@ async fn an_export_without_its_size_is_refused_before_a_byte_is_stored() {
     let err = format!("{:#}", start_export(&c).await.err().unwrap());
     assert!(err.contains("without its size (no Content-Length)"), "{err}");
 }
+
+/// `lockstep opsman` reaches Ops Manager through an SSH jump host (`--gateway`), as the
+/// other targets reach their instances: the jump host (a real sshd) counts the login, and
+/// a jump host whose host key is not the pinned one is refused before Ops Manager hears
+/// anything.
+#[test]
+fn the_cli_reaches_ops_manager_through_an_ssh_gateway() {
+    use support::fleet::{Fleet, KeyKind};
+    let Some(fleet) = Fleet::start("om-gateway", 2) else { return };
+    let spec = Spec::platform(KEY);
+    let om = OpsMan::start(spec.clone());
+    let known = std::fs::read_to_string(fleet.known_hosts()).unwrap();
+    let host_key = |i: usize| {
+        let name = format!("{} ", fleet.vms[i].known_hosts_name());
+        known.lines().find_map(|l| l.strip_prefix(&name)).expect("the VM's host key").to_string()
+    };
+    let key = fleet.key(KeyKind::Ed25519);
+    let jump = &fleet.vms[0];
+    let discover = |pinned: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["opsman", "discover", "--ca-cert", &om.ca_pem, "--gateway", &format!("vcap@{}", jump.address())])
+            .arg("--gateway-private-key-path")
+            .arg(&key.private)
+            .args(["--gateway-host-public-key", pinned])
+            .env("OM_TARGET", &om.url)
+            .env("OM_USERNAME", &spec.user.0)
+            .env("OM_PASSWORD", &spec.user.1)
+            .env_remove("BOSH_ALL_PROXY")
+            .output()
+            .unwrap()
+    };
+
+    let out = discover(&host_key(0));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("director: 10.0.0.6"), "{stdout}");
+    assert_eq!(jump.accepted_logins(), 1, "Ops Manager was reached through the jump host");
+
+    let heard = om.calls().len();
+    let out = discover(&host_key(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a jump host with another host key was used");
+    assert!(stderr.contains("host key"), "{stderr}");
+    assert_eq!(om.calls().len(), heard, "Ops Manager was called past an unverified jump host: {:?}", om.calls());
+    assert_eq!(jump.accepted_logins(), 1);
+}

@@ -130,7 +130,15 @@ pub struct SshFlags {
     /// remote command (a transfer) too (transfers have no default limit).
     #[arg(long, global = true, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub script_timeout: Option<std::time::Duration>,
-    /// Reach the instances through this SSH jump host (else BOSH_ALL_PROXY, if set).
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// An SSH jump host between lockstep and what it reaches (instances, a director's or Ops
+/// Manager's API).
+#[derive(Args, Debug, Clone, Default)]
+pub struct GatewayArgs {
+    /// Go through this SSH jump host (else BOSH_ALL_PROXY, if set).
     #[arg(long, global = true, value_name = "USER@HOST[:PORT]")]
     pub gateway: Option<String>,
     /// The jump host's private key.
@@ -139,6 +147,18 @@ pub struct SshFlags {
     /// Pin the jump host's host key.
     #[arg(long, global = true, value_name = "LINE")]
     pub gateway_host_public_key: Option<String>,
+}
+
+impl GatewayArgs {
+    /// The flags, with BOSH_ALL_PROXY for when no jump host is given.
+    pub(super) fn flags(&self) -> crate::target::GatewayFlags {
+        crate::target::GatewayFlags {
+            gateway: self.gateway.clone(),
+            private_key_path: self.gateway_private_key_path.clone(),
+            host_public_key: self.gateway_host_public_key.clone(),
+            bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(),
+        }
+    }
 }
 
 fn parse_keepalive(s: &str) -> anyhow::Result<std::time::Duration> {
@@ -155,13 +175,7 @@ impl SshFlags {
         opts.connect_timeout = self.connect_timeout;
         opts.keepalive_interval = self.keepalive;
         opts.script_timeout = self.script_timeout;
-        let flags = crate::target::GatewayFlags {
-            gateway: self.gateway.clone(),
-            private_key_path: self.gateway_private_key_path.clone(),
-            host_public_key: self.gateway_host_public_key.clone(),
-            bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(),
-        };
-        opts.gateway = crate::target::resolve_gateway(&flags, &opts)?;
+        opts.gateway = crate::target::resolve_gateway(&self.gateway.flags(), &opts)?;
         Ok(opts)
     }
 }
@@ -517,7 +531,10 @@ pub enum OpsmanAction {
     /// Print what Ops Manager knows of the platform (the director's address and BBR
     /// client, the products and their deployments, whether changes are being applied).
     /// Prints no secret.
-    Discover,
+    Discover {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Back up the whole platform as one: the installation export, the director (over
     /// SSH as the bbr user, with the key Ops Manager holds) and each chosen product's
     /// deployment (through the director's API with Ops Manager's BBR client), each an
@@ -543,6 +560,8 @@ pub enum OpsmanAction {
         encrypt_to: Vec<String>,
         #[command(flatten)]
         s3: S3Flags,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Import a stored installation export (opsman_<time>) into a fresh, unconfigured Ops
     /// Manager, as `om import-installation` does: streamed from the store, its checksums
@@ -571,5 +590,7 @@ pub enum OpsmanAction {
         polling_interval: std::time::Duration,
         #[command(flatten)]
         s3: S3Flags,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
 }

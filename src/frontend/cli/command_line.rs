@@ -33,9 +33,10 @@ impl SshFlags {
             push(&mut w, "--keepalive", Some(humantime::format_duration(self.keepalive).to_string()));
         }
         push(&mut w, "--script-timeout", self.script_timeout.map(|d| humantime::format_duration(d).to_string()));
-        push(&mut w, "--gateway", self.gateway.as_deref().map(quote));
-        push(&mut w, "--gateway-private-key-path", self.gateway_private_key_path.as_deref().map(path));
-        push(&mut w, "--gateway-host-public-key", self.gateway_host_public_key.as_deref().map(quote));
+        let g = &self.gateway;
+        push(&mut w, "--gateway", g.gateway.as_deref().map(quote));
+        push(&mut w, "--gateway-private-key-path", g.gateway_private_key_path.as_deref().map(path));
+        push(&mut w, "--gateway-host-public-key", g.gateway_host_public_key.as_deref().map(quote));
         w
     }
 }

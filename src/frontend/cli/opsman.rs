@@ -24,8 +24,12 @@ fn config(args: &OpsmanArgs) -> anyhow::Result<OpsManConfig> {
     };
     let ca_pem = args.ca_cert.as_deref().map(crate::target::bosh::read_ca_cert).transpose()?;
     let opts = crate::target::SshOptions::from_env();
-    let flags = crate::target::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
-    let proxy = crate::target::resolve_gateway(&flags, &opts)?;
+    // Ops Manager is reached as the instances are: through --gateway, else BOSH_ALL_PROXY.
+    let gateway = match &args.action {
+        OpsmanAction::Discover { gateway } | OpsmanAction::Export { gateway, .. } | OpsmanAction::Import { gateway, .. } => gateway,
+        OpsmanAction::Backup(b) => &b.ssh.gateway,
+    };
+    let proxy = crate::target::resolve_gateway(&gateway.flags(), &opts)?;
     Ok(OpsManConfig { target, auth, ca_pem, skip_ssl_validation: args.skip_ssl_validation, proxy, request_timeout: args.request_timeout })
 }
 
@@ -39,7 +43,7 @@ pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
     }
     let client = OpsManClient::connect(&cfg).await?;
     match args.action {
-        OpsmanAction::Discover => {
+        OpsmanAction::Discover { .. } => {
             let d = director_access(&client).await?;
             println!("director: {} (BBR client {}, SSH user {})", d.address, d.client, d.ssh_user);
             for p in deployed_products(&client).await? {
@@ -52,7 +56,7 @@ pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         OpsmanAction::Import { .. } => unreachable!("handled above: an import needs no login"),
-        OpsmanAction::Export { stores, artifact_path, compression, encrypt_to, s3 } => {
+        OpsmanAction::Export { stores, artifact_path, compression, encrypt_to, s3, .. } => {
             guard(&client).await?;
             let recipients = parse_recipients(&encrypt_to)?;
             if recipients.is_empty() {

@@ -10,7 +10,7 @@ use crate::target::opsman::import::InstallationImport;
 use crate::transport::ssh::Secret;
 
 pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
-    let OpsmanAction::Import { artifact, stores, artifact_path, identity, decryption_passphrase, polling_interval, s3 } = args.action else {
+    let OpsmanAction::Import { artifact, stores, artifact_path, identity, decryption_passphrase, polling_interval, s3, gateway } = args.action else {
         bail!("not an import");
     };
     let target = args.target.filter(|t| !t.trim().is_empty()).ok_or_else(|| anyhow::anyhow!("--target (OM_TARGET) is required: the fresh Ops Manager's URL"))?;
@@ -28,8 +28,7 @@ pub(super) async fn run(ctx: &Ctx, args: OpsmanArgs) -> anyhow::Result<i32> {
     };
     let ca_pem = args.ca_cert.as_deref().map(crate::target::bosh::read_ca_cert).transpose()?;
     let opts = crate::target::SshOptions::from_env();
-    let flags = crate::target::GatewayFlags { bosh_all_proxy: std::env::var("BOSH_ALL_PROXY").ok(), ..Default::default() };
-    let proxy = crate::target::resolve_gateway(&flags, &opts)?;
+    let proxy = crate::target::resolve_gateway(&gateway.flags(), &opts)?;
     let http = http_client(ca_pem.as_deref(), args.skip_ssl_validation, proxy.as_ref(), args.request_timeout).await?;
     let dest = InstallationImport::new(&target, http, Secret::new(passphrase), polling_interval, args.request_timeout)?;
     match import_export(ctx, store.as_ref(), &artifact, &ids, &dest).await {
