@@ -109,7 +109,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Relay<W> {
 
     /// Queues `msg`; on a closed queue, waits for the task and returns its error.
     fn poll_send(&mut self, cx: &mut Context<'_>, msg: impl FnOnce(&mut Self) -> Message) -> Poll<io::Result<()>> {
-        let tx = self.tx.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown"))?;
+        let Some(tx) = self.tx.as_mut() else {
+            // Closed: by a failure of the task (its error again), or by a shutdown.
+            return Poll::Ready(Err(match self.ended {
+                Some((_, Err(_))) => self.task_error(),
+                _ => io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown"),
+            }));
+        };
         if ready!(tx.poll_reserve(cx)).is_ok() {
             let m = msg(self);
             if self.tx.as_mut().expect("the queue").send_item(m).is_ok() {
@@ -340,6 +346,8 @@ mod tests {
             None => relay.shutdown().await.expect_err("the inner writer failed"),
         };
         assert!(failed.to_string().contains("disk full"), "{failed}");
+        let again = relay.shutdown().await.expect_err("a failed relay cannot be shut down cleanly");
+        assert!(again.to_string().contains("disk full"), "the task's error again, not {again}");
         let (_, result) = relay.finish().await;
         assert!(result.unwrap_err().to_string().contains("disk full"));
         assert!(!*sink.shut.lock().unwrap(), "a failed writer is not shut down");
