@@ -143,3 +143,42 @@ fn sigterm_while_locked_unlocks_every_level_though_sigkill_follows_and_cleanup_r
     assert!(o.status.success(), "{}", text(&o));
     assert!(!text(&o).contains("started by a stopped run"), "{}", text(&o));
 }
+
+/// The mount namespace a process lives in (each test VM has its own, as each real VM).
+fn mount_ns(pid: u32) -> Option<std::path::PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// One instance's cleanup stops that instance's scripts only. The test VMs share one kernel
+/// (and /proc), as containers on a host do: a cleanup that stopped every process carrying
+/// the run's id would reach into the other VM, and which VM then reported the stop would
+/// depend on which cleanup ran first.
+#[test]
+fn stopping_a_run_on_one_instance_leaves_the_other_instances_scripts_alone() {
+    use lockstep::instance::{Instance, ShellInstance};
+    use lockstep::model::InstanceId;
+    use lockstep::transport::ssh::SshTransport;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = Fleet::start("stopping_a_run_on_one_instance", 2) else { return };
+    let [api, db] = [&fleet.vms[0], &fleet.vms[1]];
+    let (_tmp, _inventory, mut child) = backing_up(&fleet, false);
+    let run = holding_run(api);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (api_ns, db_ns) = (mount_ns(api.pid()).unwrap(), mount_ns(db.pid()).unwrap());
+    assert_ne!(api_ns, db_ns, "the test VMs must be namespaces of their own");
+    let in_ns = |ns: &std::path::PathBuf| run_processes(&run).into_iter().filter(|&p| mount_ns(p).as_ref() == Some(ns)).count();
+    assert!(in_ns(&api_ns) > 0 && in_ns(&db_ns) > 0, "both VMs' backup scripts should still run");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let instance = |i: usize, name: &str| {
+        ShellInstance::new(InstanceId::new(name, "0"), Box::new(SshTransport::new(fleet.ssh_config(i, "vcap"))))
+    };
+    let stopped = rt.block_on(instance(0, "api").stop_run(lockstep::orchestrate::RUN_ENV, &run)).unwrap();
+    assert!(stopped > 0, "api's scripts were not found");
+    assert_eq!(in_ns(&api_ns), 0, "api's scripts still run");
+    assert!(in_ns(&db_ns) > 0, "stopping the run on api stopped db's scripts too");
+    let stopped = rt.block_on(instance(1, "db").stop_run(lockstep::orchestrate::RUN_ENV, &run)).unwrap();
+    assert!(stopped > 0, "db's scripts were not found");
+    assert!(run_processes(&run).is_empty(), "still running: {:?}", run_processes(&run));
+}

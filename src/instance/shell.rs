@@ -230,9 +230,12 @@ impl Instance for ShellInstance {
         }
         // /proc/<pid>/environ is NUL-separated; `grep -z` matches one entry whole. The shell
         // running this loop is not among them: the variable is only ever given to scripts.
+        // Only processes of this machine's mount namespace count: a container's (or, in the
+        // tests, another VM's sharing the kernel) is not this instance's to stop.
         let cmd = format!(
-            "want={want}; found=''; for e in /proc/[0-9]*/environ; do \
-               if grep -qzx -e \"$want\" \"$e\" 2>/dev/null; then p=${{e#/proc/}}; found=\"$found ${{p%/environ}}\"; fi; done; \
+            "want={want}; me=$(readlink /proc/self/ns/mnt); found=''; for e in /proc/[0-9]*/environ; do \
+               if grep -qzx -e \"$want\" \"$e\" 2>/dev/null; then p=${{e#/proc/}}; p=${{p%/environ}}; \
+                 if [ \"$(readlink /proc/$p/ns/mnt 2>/dev/null)\" = \"$me\" ]; then found=\"$found $p\"; fi; fi; done; \
              n=0; for p in $found; do kill -TERM \"$p\" 2>/dev/null && n=$((n+1)); done; \
              if [ \"$n\" -gt 0 ]; then sleep 2; for p in $found; do kill -KILL \"$p\" 2>/dev/null; done; fi; echo \"$n\"",
             want = quote(&format!("{env}={run}")),
