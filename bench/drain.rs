@@ -23,13 +23,17 @@
 //!   MeteredWriter<sink>>>>>`: `drain_one`'s writers with `--compression none` (sha256 of
 //!   every file for bbr's `metadata`, sha256 of the whole stored stream for `lockstep.json`),
 //!   minus the store object. Every run checks the file's checksum.
+//! - **openssh+sha** (A2): A piped through `tee >(openssl dgst -sha256) | openssl dgst
+//!   -sha256`: OpenSSH plus the two SHA-256 passes lockstep's format needs, by OpenSSL (with
+//!   the CPU's SHA instructions). The same work as B: their ratio is what lockstep costs
+//!   beyond the hashes.
 //! - **serial** (C, with `LOCKSTEP_BENCH_TRANSPORT=1`): B's writers without the relay, all
 //!   in the drain's task: what the relay (`store/relay.rs`) buys.
 //! - **transport** (D, with `LOCKSTEP_BENCH_TRANSPORT=1`): the same stream into a sink,
 //!   nothing checksummed: what the transport costs, next to OpenSSH.
 //!
 //! Cases: 1 stream (one VM), and 3 streams at once (three VMs), `LOCKSTEP_BENCH_STREAMS`
-//! to choose. Runs alternate A B [C D] A B [C D] ...: one warm-up round that is not counted,
+//! to choose. Runs alternate A B A2 [C D] A B A2 [C D] ...: one warm-up round that is not counted,
 //! then `LOCKSTEP_BENCH_PAIRS` rounds (default 5). Before each run, the previous run's
 //! processes on the instances must be gone (an orphaned sshd can outlive its client by a
 //! second). Printed per case: every round's times, ratios and load average; per side the
@@ -250,6 +254,33 @@ impl Bench {
         })
     }
 
+    /// A2: A with the format's two SHA-256 passes done by OpenSSL (SHA-NI, as lockstep's):
+    /// `ssh ... | tee >(openssl dgst -sha256) | openssl dgst -sha256`, the same work as
+    /// lockstep's drain, so the ratio shows what lockstep costs beyond the hashes.
+    fn openssh_hashed(&self, vms: &[usize]) -> Run {
+        self.measure(vms, libc::RUSAGE_CHILDREN, || {
+            let children: Vec<_> = vms
+                .iter()
+                .map(|&i| {
+                    let c = ssh(&self.fleet, i, &self.cipher);
+                    let mut words: Vec<String> =
+                        std::iter::once(c.get_program()).chain(c.get_args()).map(|a| shell_quote(&a.to_string_lossy())).collect();
+                    words.push(shell_quote(&format!("sudo tar -C {} -c .", artifact_dir())));
+                    // `wait $!` reaps the process substitution too, so its CPU is counted.
+                    let script = format!(
+                        "set -o pipefail; {} | tee >(openssl dgst -sha256 >/dev/null) | openssl dgst -sha256 >/dev/null; s=$?; wait $!; exit $s",
+                        words.join(" ")
+                    );
+                    Command::new("bash").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("starting bash")
+                })
+                .collect();
+            for mut c in children {
+                let st = c.wait().unwrap();
+                assert!(st.success(), "ssh tar | openssl failed: {st}");
+            }
+        })
+    }
+
     /// B, C or D: lockstep's drain of every VM of `vms` at once, as the backup runs them:
     /// each drain future in this task, each stream on a task of its own.
     fn lockstep(&self, vms: &[usize], how: Writers) -> Run {
@@ -300,6 +331,11 @@ enum Writers {
     Serial,
     /// Nothing: the transport alone.
     None,
+}
+
+/// `'word'` for bash.
+fn shell_quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', "'\\''"))
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -376,7 +412,8 @@ fn main() {
         println!("(no cgroup could be made: the instances' CPU is not measured)");
     }
 
-    let names: &[&str] = if transport_too { &["openssh", "lockstep", "serial", "transport"] } else { &["openssh", "lockstep"] };
+    let names: &[&str] =
+        if transport_too { &["openssh", "lockstep", "openssh+sha", "serial", "transport"] } else { &["openssh", "lockstep", "openssh+sha"] };
     for &n in &cases {
         let set: Vec<usize> = (0..n).collect();
         let gib = (n as u64 * bytes) as f64 / (1024.0 * MIB as f64);
@@ -384,7 +421,7 @@ fn main() {
         println!("\ncase: {n} stream(s) at once, {total_mib:.0} MiB in all; load average before: {}", loadavg());
         // One round: A B [C D], in that order every time.
         let round = || {
-            let mut runs = vec![b.openssh(&set), b.lockstep(&set, Writers::Relayed)];
+            let mut runs = vec![b.openssh(&set), b.lockstep(&set, Writers::Relayed), b.openssh_hashed(&set)];
             if transport_too {
                 runs.push(b.lockstep(&set, Writers::Serial));
                 runs.push(b.lockstep(&set, Writers::None));
@@ -423,10 +460,15 @@ fn main() {
                 server.map(|v| format!("{:.2}s", stats(&v).1 / gib)).unwrap_or_else(|| "-".into())
             );
         }
-        for (name, runs) in names.iter().zip(&results).skip(1) {
+        for (name, runs) in names.iter().zip(&results).skip(1).filter(|(n, _)| !n.starts_with("openssh")) {
             let ratios: Vec<f64> = results[0].iter().zip(runs).map(|(a, b)| a.secs / b.secs).collect();
             println!("  ratio openssh/{name} (above 1: lockstep faster) min / median / max: {}", fmt3(stats(&ratios), ""));
         }
+        let same_work: Vec<f64> = results[2].iter().zip(&results[1]).map(|(a, b)| a.secs / b.secs).collect();
+        println!(
+            "  ratio openssh+sha/lockstep (the same two SHA-256 passes; above 1: lockstep faster) min / median / max: {}",
+            fmt3(stats(&same_work), "")
+        );
         println!("  (CPU, context switches and faults: medians, per GiB, of the client; inst CPU: of the instances)");
         println!("  load average after: {}", loadavg());
     }
