@@ -93,7 +93,8 @@ fn the_image_carries_a_working_resource_and_cli() {
     assert!(!format!("{out}{err}").contains(&server.secret));
 
     // ci/image also wrote the same image as an OCI archive, for a push with skopeo.
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lockstep-image.oci.tar");
+    let out_dir = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let archive = out_dir.join("lockstep-image.oci.tar");
     let listing = Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.status.success() && names.lines().any(|l| l == "oci-layout") && names.lines().any(|l| l == "index.json"), "{names}");
