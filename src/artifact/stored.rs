@@ -267,6 +267,9 @@ impl ObjectMeter {
 
 /// Opens a stored object as its plain tar (decrypted, decompressed), metering the stored
 /// bytes as they pass: one read serves both the per-file checksums and the object's own.
+/// The store's read and the stored hash run ahead of the caller, beside its per-file hashes:
+/// an encoded object on the decoder's thread (`codec::decoder`), a plain one on a relay's
+/// task (store/relay.rs).
 pub async fn open_decoded(
     store: &dyn Store,
     key: &str,
@@ -276,7 +279,10 @@ pub async fn open_decoded(
     let reader = store.open(key).await?;
     let metered = std::sync::Arc::new(Mutex::new(None));
     let tap = MeterTap { inner: MeteredReader::new(reader), out: metered.clone() };
-    Ok((codec::decoder(Box::new(tap), codec, ids)?, ObjectMeter(metered)))
+    let decoded = codec::decoder(Box::new(tap), codec, ids)?;
+    let decoded: Box<dyn tokio::io::AsyncRead + Unpin + Send> =
+        if codec.is_plain() { Box::new(crate::store::relay::RelayReader::spawn(decoded)) } else { decoded };
+    Ok((decoded, ObjectMeter(metered)))
 }
 
 /// What is wrong with a stored object's size and sha256 against `lockstep.json`, if it

@@ -432,14 +432,8 @@ pub async fn drain_stream<W>(inst: &InstanceRef, artifact: &str, sink: W) -> any
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-    impl<T> Drop for AbortOnDrop<T> {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
     let (inst, artifact) = (inst.clone(), artifact.to_string());
-    let mut task = AbortOnDrop(tokio::spawn(async move {
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut sink = sink;
         let streamed = async {
             inst.stream_artifact(&artifact, &mut sink).await?;
@@ -448,7 +442,7 @@ where
         .await;
         (sink, streamed)
     }));
-    match (&mut task.0).await {
+    match task.await {
         Ok(done) => Ok(done),
         Err(e) if e.is_panic() => {
             Err(anyhow!("internal error: {} (a bug in lockstep: please report it)", crate::panic_message(e.into_panic().as_ref())))

@@ -20,7 +20,6 @@ use super::levels::{lock_in_order, record, unlock_in_reverse, Within};
 use super::discover::{discover, Deployment};
 use super::{artifact_env, bounded, cancellable, remove_staging, run_env, script, Cancelled, Ctx, FailureKind, Failures, Timings};
 use crate::artifact::stored::{self, compare_checksums, ArtifactEntry, StoredArtifact};
-use crate::store::relay::RelayReader;
 use crate::artifact::tar_hash::HashingReader;
 use crate::store::codec::Identities;
 use crate::events::{Event, Phase};
@@ -376,9 +375,7 @@ async fn upload_one(
     ctx.events.emit(Event::TransferStarted { instance: id.clone(), job: entry.name.clone(), size });
     let start = Instant::now();
     let (reader, meter) = stored::open_decoded(store, &key, &art.codec, ids).await?;
-    // The store's bytes are fetched, decoded and hashed as stored on a task of their own,
-    // ahead of the per-file hashes and the instance (store/relay.rs).
-    let mut hashing = HashingReader::new(RelayReader::spawn(reader));
+    let mut hashing = HashingReader::new(reader);
     // The instance extracts, then checksums what it extracted, in one command.
     let received = inst.receive_and_checksum(&entry.name, &mut hashing).await;
     let (reader, hasher) = hashing.into_parts();

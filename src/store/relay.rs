@@ -15,9 +15,10 @@
 //! the relay is dropped before [`Relay::finish`], its task is aborted and the inner writer
 //! dropped unfinished (a store object then removes itself).
 //!
-//! [`RelayReader`] is the same for reading: a task reads (a restore: the store's GET, the
-//! decompression, decryption and the stored object's SHA-256) ahead of the reader, which
-//! hashes the files and feeds the instance.
+//! [`RelayReader`] is the same for reading: a task reads (a plain stored object's GET and
+//! its SHA-256, `artifact::stored::open_decoded`) ahead of the reader, which hashes the
+//! files and feeds the instance. An encoded object needs none: its decoder runs on a
+//! thread of its own.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +26,8 @@ use std::future::Future;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Bytes per hand-off: large enough that the queue costs nothing per byte (a few hand-offs
 /// per MiB), small enough to keep both sides busy.
@@ -46,7 +47,8 @@ pub struct Relay<W> {
     pending: Vec<u8>,
     /// Emptied chunks, back from the task.
     spares: mpsc::UnboundedReceiver<Vec<u8>>,
-    task: Option<JoinHandle<(W, io::Result<()>)>>,
+    /// Aborted if the relay is dropped unfinished.
+    task: Option<AbortOnDropHandle<(W, io::Result<()>)>>,
     /// The task's outcome, once it ended.
     ended: Option<(W, io::Result<()>)>,
     shut: bool,
@@ -57,7 +59,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Relay<W> {
     pub fn spawn(inner: W) -> Relay<W> {
         let (tx, rx) = mpsc::channel(DEPTH);
         let (spare_tx, spares) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(inner, rx, spare_tx));
+        let task = AbortOnDropHandle::new(tokio::spawn(drive(inner, rx, spare_tx)));
         Relay { tx: Some(PollSender::new(tx)), pending: Vec::with_capacity(CHUNK), spares, task: Some(task), ended: None, shut: false }
     }
 
@@ -65,17 +67,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Relay<W> {
     /// byte was written and the inner writer shut down (after a successful `shutdown`), or
     /// the first error. Without a prior `shutdown`, the inner writer is not shut down.
     pub async fn finish(mut self) -> (W, io::Result<()>) {
-        if self.ended.is_none() {
-            // Closing the queue without `End` tells the task to stop without a shutdown.
-            self.tx = None;
-            let task = self.task.take().expect("a relay's task is awaited once");
-            let ended = match task.await {
-                Ok(ended) => ended,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("a relay's task was cancelled: {e}"),
-            };
-            self.ended = Some(ended);
-        }
+        // Closing the queue without `End` tells the task to stop without a shutdown.
+        self.tx = None;
+        std::future::poll_fn(|cx| self.poll_ended(cx)).await;
         let (inner, result) = self.ended.take().expect("the task's outcome");
         let result = match result {
             Ok(()) if !self.shut => Err(io::Error::other("the relay was not shut down")),
@@ -175,14 +169,6 @@ impl<W: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Relay<W> {
     }
 }
 
-impl<W> Drop for Relay<W> {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
 /// The task: writes every chunk into `inner`, returns emptied chunks, and on `End` shuts
 /// `inner` down. Stops at the first error, or when the queue closes without `End`.
 async fn drive<W: AsyncWrite + Unpin>(mut inner: W, mut rx: mpsc::Receiver<Message>, spares: mpsc::UnboundedSender<Vec<u8>>) -> (W, io::Result<()>) {
@@ -211,45 +197,53 @@ pub struct RelayReader {
     rx: mpsc::Receiver<io::Result<bytes::Bytes>>,
     /// The chunk being read from.
     current: bytes::Bytes,
-    task: JoinHandle<()>,
+    /// Aborted when the reader is dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl RelayReader {
     /// Starts the task that reads `inner`. Needs a Tokio runtime.
     pub fn spawn<R: tokio::io::AsyncRead + Unpin + Send + 'static>(mut inner: R) -> RelayReader {
-        use tokio::io::AsyncReadExt;
         let (tx, rx) = mpsc::channel(DEPTH);
-        let task = tokio::spawn(async move {
-            loop {
-                let mut chunk = bytes::BytesMut::with_capacity(CHUNK);
-                // Fill the chunk (or reach the end): fewer, larger hand-offs.
-                let read = async {
-                    while chunk.len() < CHUNK {
-                        if inner.read_buf(&mut chunk).await? == 0 {
-                            break;
-                        }
-                    }
-                    io::Result::Ok(())
-                }
-                .await;
-                let end = chunk.len() < CHUNK;
-                let sent = match read {
-                    Err(e) => {
-                        if !chunk.is_empty() {
-                            let _ = tx.send(Ok(chunk.freeze())).await;
-                        }
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Ok(()) if chunk.is_empty() => return,
-                    Ok(()) => tx.send(Ok(chunk.freeze())).await,
-                };
-                if sent.is_err() || end {
-                    return;
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let failed = relay_chunks(&mut inner, &tx).await;
+            // The inner reader goes before the queue closes: what its drop records (a stored
+            // object's size and sha256: artifact::stored::open_decoded) is there by the time
+            // the reader sees the end.
+            drop(inner);
+            if let Some(e) = failed {
+                let _ = tx.send(Err(e)).await;
+            }
+        }));
+        RelayReader { rx, current: bytes::Bytes::new(), _task: task }
+    }
+}
+
+/// Sends `inner`'s bytes in chunks of [`CHUNK`] until its end, its error (returned, after
+/// the bytes read before it were sent) or a reader that went away.
+async fn relay_chunks<R: tokio::io::AsyncRead + Unpin>(inner: &mut R, tx: &mpsc::Sender<io::Result<bytes::Bytes>>) -> Option<io::Error> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut chunk = bytes::BytesMut::with_capacity(CHUNK);
+        // Fill the chunk (or reach the end): fewer, larger hand-offs.
+        let read = async {
+            while chunk.len() < CHUNK {
+                if inner.read_buf(&mut chunk).await? == 0 {
+                    break;
                 }
             }
-        });
-        RelayReader { rx, current: bytes::Bytes::new(), task }
+            io::Result::Ok(())
+        }
+        .await;
+        let end = chunk.len() < CHUNK;
+        if !chunk.is_empty() && tx.send(Ok(chunk.freeze())).await.is_err() {
+            return None;
+        }
+        match read {
+            Err(e) => return Some(e),
+            Ok(()) if end => return None,
+            Ok(()) => {}
+        }
     }
 }
 
@@ -268,12 +262,6 @@ impl tokio::io::AsyncRead for RelayReader {
         let n = buf.remaining().min(this.current.len());
         buf.put_slice(&this.current.split_to(n));
         Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for RelayReader {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -367,6 +355,32 @@ mod tests {
         let err = r.read_to_end(&mut got).await.unwrap_err();
         assert_eq!(err.to_string(), "store went away");
         assert_eq!(got, want[..CHUNK + 5], "the bytes before the error, all of them");
+    }
+
+    /// Records its own drop.
+    struct Recording(std::io::Cursor<Vec<u8>>, Arc<std::sync::atomic::AtomicBool>);
+    impl tokio::io::AsyncRead for Recording {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+    impl Drop for Recording {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_inner_reader_is_dropped_before_the_end_is_seen() {
+        use tokio::io::AsyncReadExt;
+        for _ in 0..50 {
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut r = RelayReader::spawn(Recording(std::io::Cursor::new(data(CHUNK + 17)), dropped.clone()));
+            let mut all = Vec::new();
+            r.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all.len(), CHUNK + 17);
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the end was seen before the inner reader's drop");
+        }
     }
 
     struct Failing;
