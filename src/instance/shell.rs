@@ -164,6 +164,11 @@ fn check(status: &ExecStatus) -> anyhow::Result<()> {
     if status.success() { Ok(()) } else { Err(anyhow!(status.describe_failure())) }
 }
 
+/// Creates the artifact directory (`quoted_dir`, already quoted) and extracts stdin's tar into it.
+fn extract_command(quoted_dir: &str) -> String {
+    format!("mkdir -p {quoted_dir} && tar -C {quoted_dir} -x")
+}
+
 /// GNU tar exits 1 with "file changed as we read it" when a file's ctime moved while it
 /// was read. A blobstore backup that hard-links its blobs (as bbr's does) sees exactly that
 /// when the platform deletes a blob after unlock: the link count, hence the ctime, changes
@@ -335,7 +340,7 @@ impl Instance for ShellInstance {
 
     async fn receive_artifact(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<()> {
         let dir = quote(&self.artifact_path(artifact)?);
-        let cmd = format!("mkdir -p {dir} && tar -C {dir} -x");
+        let cmd = extract_command(&dir);
         let mut sink = tokio::io::sink();
         let status = self
             .transport
@@ -349,7 +354,7 @@ impl Instance for ShellInstance {
     /// its header first, so an empty output says the extraction is what failed.
     async fn receive_and_checksum(&self, artifact: &str, input: Reader<'_>) -> anyhow::Result<Checksums> {
         let dir = quote(&self.artifact_path(artifact)?);
-        let cmd = format!("mkdir -p {dir} && tar -C {dir} -x || exit\n{}", checksum_command(&dir));
+        let cmd = format!("{} || exit\n{}", extract_command(&dir), checksum_command(&dir));
         let mut out = Vec::new();
         let status = self
             .transport

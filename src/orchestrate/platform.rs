@@ -42,6 +42,17 @@ pub struct PlatformOutcome {
     pub failures: Failures,
 }
 
+impl PlatformOutcome {
+    /// After a failed platform backup: the line naming the members it committed, which
+    /// stay as ordinary artifacts; `None` when it committed none.
+    pub fn ordinary_members(&self) -> Option<String> {
+        (!self.members.is_empty()).then(|| {
+            let names: Vec<&str> = self.members.iter().map(|m| m.artifact.as_str()).collect();
+            format!("Committed as ordinary artifacts, in no platform record: {}", names.join(", "))
+        })
+    }
+}
+
 /// Backs the platform up into `store`, member by member, then commits its record.
 pub async fn backup_platform(ctx: &Ctx, parts: &PlatformParts<'_>, store: &dyn Store, opts: &BackupOptions) -> PlatformOutcome {
     let mut out = PlatformOutcome::default();

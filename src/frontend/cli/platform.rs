@@ -45,9 +45,8 @@ pub(super) async fn backup(ctx: &Ctx, client: OpsManClient, args: OpsmanBackupAr
         _ => {
             let mut text = out.failures.render();
             text.push_str("No platform record was written: this platform backup is incomplete.\n");
-            if !out.members.is_empty() {
-                let names: Vec<&str> = out.members.iter().map(|m| m.artifact.as_str()).collect();
-                text.push_str(&format!("Committed as ordinary artifacts, in no platform record: {}\n", names.join(", ")));
+            if let Some(line) = out.ordinary_members() {
+                text.push_str(&format!("{line}\n"));
             }
             if out.failures.needs_cleanup() {
                 text.push_str("A lock, unlock or cleanup failed: run `lockstep director ... backup-cleanup` or `lockstep deployment ... backup-cleanup` for the member named above.\n");

@@ -83,12 +83,11 @@ pub(super) async fn put(ctx: &Ctx, req: &Request, action: &str) -> anyhow::Resul
         bail!("params.unsafe_lock_free: a platform backup is never taken lock-free");
     }
     let out = service::platform::run_platform_backup(ctx, &req.config, service::build_origin()).await?;
-    let Some(name) = out.record.filter(|_| out.failures.is_empty()) else {
+    let Some(name) = out.record.clone().filter(|_| out.failures.is_empty()) else {
         let mut text = format!("the platform backup failed (exit bits {}):\n{}", out.failures.exit_code().max(1), out.failures.render());
         text.push_str("No platform record was written: this platform backup is incomplete, and no version is emitted.");
-        if !out.members.is_empty() {
-            let names: Vec<&str> = out.members.iter().map(|m| m.artifact.as_str()).collect();
-            text.push_str(&format!("\nCommitted as ordinary artifacts, in no platform record: {}", names.join(", ")));
+        if let Some(line) = out.ordinary_members() {
+            text.push_str(&format!("\n{line}"));
         }
         if out.failures.needs_cleanup() {
             text.push_str("\nA lock, unlock or cleanup failed: run backup-cleanup for the member named above (the backup-cleanup task).");
