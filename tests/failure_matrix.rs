@@ -604,6 +604,27 @@ async fn restore_of_a_corrupt_artifact_locks_nothing_and_leaves_nothing_staged()
     }
 }
 
+/// Bytes that are no valid tar (here the first header's name) are a corrupt backup, not an
+/// extraction failure on the instance, even though the files are hashed on the instance,
+/// not here, when lockstep.json records the object's hash.
+#[tokio::test]
+async fn restore_of_an_artifact_with_a_damaged_tar_header_is_a_corrupt_backup() {
+    let (w, name) = backed_up().await;
+    let p = tar_path(&w, &name, "db-0-postgres.tar");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&p, bytes).unwrap();
+    let (out, faults, roots, _t) = restore_fresh(&w, &name, false).await;
+    let text = out.failures.render();
+    assert_eq!(out.failures.exit_code(), 1, "{text}");
+    assert!(text.contains("Backup is corrupted") && text.contains("db-0-postgres.tar"), "{text}");
+    let scripts = faults.scripts();
+    assert!(scripts.iter().all(|(_, _, kind)| *kind == Metadata), "a script other than metadata ran: {scripts:?}");
+    for root in &roots {
+        assert!(!root.join("var/vcap/store/bbr-backup").exists(), "staging left on {}", root.display());
+    }
+}
+
 /// A truncated stored object (its size differs from lockstep.json's) is found before any
 /// instance is touched, without reading it.
 
@@ -627,8 +648,14 @@ async fn restore_of_a_missing_tar_or_malformed_metadata_touches_nothing() {
     assert!(out.failures.render().contains("api-0-cloud_controller.tar (cloud_controller)"), "{}", out.failures.render());
     assert!(faults.journal().is_empty());
 
+    // lockstep.json records the metadata's sha256: a changed metadata is a damaged artifact.
     std::fs::write(tar_path(&w, &name, "metadata"), "instances: [\n").unwrap();
     let (out, faults, _, _t) = restore_fresh(&w, &name, false).await;
+    assert!(out.failures.render().contains("its metadata changed since it was written"), "{}", out.failures.render());
+    assert!(faults.journal().is_empty());
+    // Without lockstep.json (a bbr artifact), the metadata itself is what is refused.
+    std::fs::remove_file(tar_path(&w, &name, "lockstep.json")).unwrap();
+    let (out, faults, _, _t) = restore_fresh(&w, &name, true).await;
     assert!(out.failures.render().contains("not valid bbr metadata"), "{}", out.failures.render());
     assert!(faults.journal().is_empty());
 }

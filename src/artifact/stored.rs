@@ -187,6 +187,18 @@ pub async fn open(store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Re
     };
     let metadata = match store::read_all(store, &format!("{name}/{METADATA_FILE}")).await {
         Ok(data) => {
+            // The metadata is what every file is checked against: a changed one (an edit, a
+            // damaged object) would pass a damaged file, or blame the transfer for it.
+            if let Some(recorded) = marker.as_ref().and_then(|m| m.objects.get(METADATA_FILE)) {
+                use sha2::{Digest, Sha256};
+                let sha = hex::encode(Sha256::digest(&data));
+                if sha != recorded.sha256 {
+                    bail!(
+                        "artifact {name} is damaged: its metadata changed since it was written (sha256 {sha}; {MARKER_FILE} says {})",
+                        recorded.sha256
+                    );
+                }
+            }
             let text = String::from_utf8(data).map_err(|_| anyhow!("{name}/metadata is not UTF-8 text"))?;
             BackupMetadata::from_yaml(&text).with_context(|| format!("artifact {name}"))?
         }

@@ -41,8 +41,9 @@ pub const MAX_EXTENDED_HEADER: u64 = 1024 * 1024;
 
 /// Where the bytes of the current entry's data go.
 enum Sink {
-    /// A regular file: content hashed, recorded under `key` once complete.
-    File { key: String, hasher: Sha256 },
+    /// A regular file: content hashed (unless the hasher only checks structure), recorded
+    /// under `key` once complete.
+    File { key: String, hasher: Option<Sha256> },
     /// Data nobody needs (directory payloads, PAX globals, hard-link payloads).
     Skip,
     /// Extended-header payload, buffered (bounded) and parsed once complete.
@@ -52,8 +53,8 @@ enum Sink {
 impl Sink {
     fn feed(&mut self, data: &[u8]) {
         match self {
-            Sink::File { hasher, .. } => hasher.update(data),
-            Sink::Skip => {}
+            Sink::File { hasher: Some(hasher), .. } => hasher.update(data),
+            Sink::File { hasher: None, .. } | Sink::Skip => {}
             Sink::Collect { buf, .. } => buf.extend_from_slice(data),
         }
     }
@@ -135,6 +136,8 @@ pub struct TarHasher {
     /// Keys of symlinks, devices and FIFOs. A hard link to one of those is not
     /// a regular file either, so it must not be an error nor get a checksum.
     non_regular: BTreeSet<String>,
+    /// Whether file contents are hashed ([`TarHasher::structure_only`] does not).
+    hash_contents: bool,
 }
 
 impl Default for TarHasher {
@@ -156,7 +159,16 @@ impl TarHasher {
             entry_name: String::new(),
             checksums: Checksums::new(),
             non_regular: BTreeSet::new(),
+            hash_contents: true,
         }
+    }
+
+    /// Checks the stream as [`new`](Self::new) does (headers, names, completeness)
+    /// without hashing file contents: [`finish`](Self::finish) lists every file with an
+    /// empty checksum. For a stream whose every byte another hash already covers, where a
+    /// per-file SHA-256 pass would only cost CPU.
+    pub fn structure_only() -> Self {
+        TarHasher { hash_contents: false, ..Self::new() }
     }
 
     /// Total number of bytes fed so far.
@@ -389,7 +401,7 @@ impl TarHasher {
                 }
                 Sink::File {
                     key,
-                    hasher: Sha256::new(),
+                    hasher: self.hash_contents.then(Sha256::new),
                 }
             }
             // Directories (incl. GNU incremental dumpdirs): not listed by
@@ -463,7 +475,7 @@ impl TarHasher {
                 // Later entries with the same name replace earlier ones, as
                 // they would on extraction.
                 self.non_regular.remove(&key);
-                self.checksums.insert(key, hex::encode(hasher.finalize()));
+                self.checksums.insert(key, hasher.map(|h| hex::encode(h.finalize())).unwrap_or_default());
             }
             Sink::Skip => {}
             Sink::Collect {

@@ -89,6 +89,12 @@ impl<R: AsyncRead + Unpin> HashingReader<R> {
         }
     }
 
+    /// Checks the tar's structure as [`new`](Self::new) does, without hashing contents
+    /// (see [`TarHasher::structure_only`]).
+    pub fn structure_only(inner: R) -> Self {
+        HashingReader { inner, hasher: TarHasher::structure_only() }
+    }
+
     /// The inner reader and the hasher; call `finish()` on the latter.
     pub fn into_parts(self) -> (R, TarHasher) {
         (self.inner, self.hasher)

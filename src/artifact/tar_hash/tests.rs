@@ -901,3 +901,29 @@ proptest! {
         }
     }
 }
+
+/// The structure-only hasher lists the same files (with empty checksums) and refuses the
+/// same truncated or damaged streams: a restore that relies on it still finds bytes that
+/// are no valid tar.
+#[test]
+fn structure_only_lists_the_same_files_and_refuses_the_same_streams() {
+    let structure = |data: &[u8]| {
+        let mut h = TarHasher::structure_only();
+        h.update(data)?;
+        h.finish()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), false, true);
+    let archive = tar_command(dir.path(), "gnu");
+    let full = hash_bytes(&archive).unwrap();
+    let names = structure(&archive).unwrap();
+    assert_eq!(names.keys().collect::<Vec<_>>(), full.keys().collect::<Vec<_>>());
+    assert!(names.values().all(|v| v.is_empty()), "{names:?}");
+    let end = end_of_archive(&archive);
+    for cut in [1, 511, 512, 513, end / 2, end - 512, end - 1] {
+        assert!(structure(&archive[..cut]).is_err(), "a stream cut at {cut} passed");
+    }
+    let mut bad = archive.clone();
+    bad[148] ^= 0x01; // the first header's checksum field
+    assert!(structure(&bad).is_err());
+}
