@@ -377,8 +377,8 @@ struct S3Writer {
 }
 
 impl S3Writer {
-    /// Records a failure and aborts what was started: the sibling parts still uploading are
-    /// stopped and the multipart upload is aborted, so no parts stay in the bucket (billed,
+    /// Records a failure and aborts what was started: once the sibling parts still uploading
+    /// have ended, the multipart upload is aborted, so no parts stay in the bucket (billed,
     /// unseen) after an upload that can no longer commit.
     fn fail(&mut self, e: object_store::Error, doing: &str) -> io::Error {
         let err = explain(&self.config, e, doing);
@@ -387,12 +387,10 @@ impl S3Writer {
 
     fn fail_with(&mut self, msg: String) -> io::Error {
         match std::mem::replace(&mut self.state, State::Failed(msg.clone())) {
-            State::Uploading { upload, parts } => {
-                for p in parts.iter() {
-                    p.abort();
-                }
-                self.track_abort(abort_upload(upload, parts));
-            }
+            // The siblings are not cancelled: a cancelled request only stops the client, and
+            // the server may still store the part after the abort (seen with s3s-fs under
+            // load: a part left behind). Let them end, then abort.
+            State::Uploading { upload, parts } => self.track_abort(abort_upload(upload, parts)),
             State::Starting { fut, .. } => self.track_abort(async move {
                 if let Ok(mut u) = fut.await {
                     let _ = u.abort().await;
@@ -499,10 +497,10 @@ impl S3Writer {
     }
 }
 
-/// Aborts a multipart upload. Parts still uploading are let finish (or, after a failure,
-/// their cancellation complete) first, for a bounded time: a part that lands after the
-/// abort would stay in the bucket, billed and unseen. S3 may still take a part that was in
-/// flight during the abort, so the abort is sent twice, as AWS advises.
+/// Aborts a multipart upload. Parts still uploading are let finish first, for a bounded
+/// time: a part that lands after the abort would stay in the bucket, billed and unseen. S3
+/// may still take a part that was in flight during the abort, so the abort is sent twice,
+/// as AWS advises.
 async fn abort_upload(mut upload: Box<dyn MultipartUpload>, parts: FuturesUnordered<JoinHandle<object_store::Result<()>>>) {
     let _ = tokio::time::timeout(Duration::from_secs(60), parts.collect::<Vec<_>>()).await;
     if upload.abort().await.is_ok() {
