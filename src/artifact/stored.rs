@@ -278,10 +278,10 @@ impl ObjectMeter {
 }
 
 /// Opens a stored object as its plain tar (decrypted, decompressed), metering the stored
-/// bytes as they pass: one read serves both the per-file checksums and the object's own.
-/// The store's read and the stored hash run ahead of the caller, beside its per-file hashes:
-/// an encoded object on the decoder's thread (`codec::decoder`), a plain one on a relay's
-/// task (store/relay.rs).
+/// bytes as they pass: one read serves the caller (per-file checksums, a tar's structure)
+/// and the object's own checksum. The store's read and the stored hash run ahead of the
+/// caller: an encoded object on the decoder's thread (`codec::decoder`), a plain one on a
+/// relay's task (store/relay.rs).
 pub async fn open_decoded(
     store: &dyn Store,
     key: &str,

@@ -16,8 +16,8 @@
 //! dropped unfinished (a store object then removes itself).
 //!
 //! [`RelayReader`] is the same for reading: a task reads (a plain stored object's GET and
-//! its SHA-256, `artifact::stored::open_decoded`) ahead of the reader, which hashes the
-//! files and feeds the instance. An encoded object needs none: its decoder runs on a
+//! its SHA-256, `artifact::stored::open_decoded`) ahead of the reader, which checks the tar
+//! (and, for a bbr-made artifact, hashes its files) and feeds the instance. An encoded object needs none: its decoder runs on a
 //! thread of its own.
 
 use std::io;

@@ -289,7 +289,7 @@ pub fn explain(c: &S3Config, e: object_store::Error, doing: &str) -> anyhow::Err
 
 /// How big each part of one upload is. S3 allows `max_parts` parts per upload, so a
 /// fixed part size caps the object (8 MiB x 10,000 = 78 GiB) and a 1 TB blobstore would
-/// fail after 156 GiB had been sent. With the object's size known in advance, the first
+/// fail after 78 GiB had been sent. With the object's size known in advance, the first
 /// part size already fits it in 90% of the parts; past those (the estimate was low), or
 /// from the start without one, the part size doubles every tenth of the parts left, which
 /// reaches S3's 5 TiB object limit before the part limit. Memory grows only with the parts

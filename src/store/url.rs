@@ -25,7 +25,7 @@ pub enum StoreUrl {
 }
 
 /// One request carries at most one part (8 MiB by default): 300 s lets a slow link
-/// (about 0.5 Mbit/s) send it.
+/// (about 0.25 Mbit/s) send it.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `request_timeout` as text, given as a string (`10m`) or a number of seconds.
