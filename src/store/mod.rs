@@ -10,6 +10,7 @@ pub mod metered;
 pub mod relay;
 pub mod replicas;
 pub mod s3;
+pub mod s3_read;
 pub mod s3_uploads;
 pub mod url;
 

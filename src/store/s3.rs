@@ -7,6 +7,10 @@
 //! the object's size, and nothing is staged on local disk. An object smaller than one part
 //! is sent with a single PUT on commit.
 //!
+//! Reading fetches an object as byte ranges of `part_size`, several in flight, handed on in
+//! order ([`super::s3_read`]): one GET would be bound by one connection and by the request
+//! timeout.
+//!
 //! Nothing is visible under the key until [`ObjectWriter::commit`] (the multipart upload
 //! is completed, or the single PUT sent). [`ObjectWriter::abort`], or dropping an
 //! uncommitted writer, aborts the multipart upload so no parts stay billed in the bucket.
@@ -15,6 +19,7 @@
 //! connections (`max_retries`, `retry_timeout_seconds`). Errors say what to do: wrong
 //! credentials, a missing bucket, an unreachable endpoint, an untrusted certificate.
 
+use super::s3_read::{RangedReads, READS_IN_FLIGHT, READ_AHEAD};
 use super::url::S3Config;
 use super::{check_key, NotFound, ObjectInfo, ObjectWriter, Store};
 use anyhow::{anyhow, Context};
@@ -67,6 +72,8 @@ pub struct S3Store {
     /// upload still open in the bucket.
     pending_aborts: PendingAborts,
     parts_budget: Arc<tokio::sync::Semaphore>,
+    /// Ranges being read, across every object being read (see [`super::s3_read`]).
+    read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 type PendingAborts = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
@@ -199,6 +206,7 @@ impl S3Store {
         Ok(S3Store { inner: s3.clone(), s3, http, config: c.clone(), part_size, max_parts,
             pending_aborts: Default::default(),
             parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT)),
         })
     }
 
@@ -689,11 +697,21 @@ impl Store for S3Store {
 
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
         let path = self.path(key)?;
-        match self.inner.get(&path).await {
-            Ok(r) => {
+        let reads = RangedReads { store: self.inner.clone(), permits: self.read_permits.clone(), part: self.part_size as u64, ahead: READ_AHEAD };
+        match reads.open(&path).await {
+            Ok(stream) => {
                 let config = self.config.clone();
                 let key = key.to_string();
-                let stream = r.into_stream().map_err(move |e| io::Error::other(format!("{:#}", explain(&config, e, &format!("reading {key}")))));
+                let stream = stream.map_err(move |e| {
+                    let e = match e {
+                        object_store::Error::Precondition { .. } => anyhow!(
+                            "{key} was replaced in the bucket while it was read ({}): nothing read from it is used; read it again",
+                            config.describe()
+                        ),
+                        e => explain(&config, e, &format!("reading {key}")),
+                    };
+                    io::Error::other(format!("{e:#}"))
+                });
                 Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
             }
             Err(object_store::Error::NotFound { .. }) => Err(NotFound { key: key.to_string(), store: self.describe() }.into()),

@@ -19,6 +19,29 @@ pub enum Fault {
 }
 
 pub type Rule = Arc<dyn Fn(&str, &str) -> Option<Fault> + Send + Sync>;
+/// A rule that also sees the request's `Range` header.
+pub type RangeRule = Arc<dyn Fn(&Request) -> Option<Fault> + Send + Sync>;
+
+/// A request as the proxy saw it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    /// The `Range` header's value, if any.
+    pub range: Option<String>,
+}
+
+/// What the proxy records and how it forwards.
+#[derive(Clone, Default)]
+pub struct Seen {
+    /// Every request, in arrival order.
+    pub requests: Arc<std::sync::Mutex<Vec<Request>>>,
+    /// The most requests being forwarded at one time.
+    pub max_concurrent: Arc<AtomicUsize>,
+    concurrent: Arc<AtomicUsize>,
+    /// Response bodies are sent at most this fast (bytes per second per request), if set.
+    throttle: Option<u64>,
+}
 
 pub struct FaultProxy {
     pub port: u16,
@@ -26,29 +49,38 @@ pub struct FaultProxy {
     pub faults: Arc<AtomicUsize>,
     /// Requests forwarded to the server.
     pub forwarded: Arc<AtomicUsize>,
+    pub seen: Seen,
     stop: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
     /// `rule(method, path_and_query)` decides per request.
     pub fn start(upstream_port: u16, rule: Rule) -> FaultProxy {
+        Self::start_seeing(upstream_port, Arc::new(move |r: &Request| rule(&r.method, &r.target)), None)
+    }
+
+    /// `rule(request)` decides per request; response bodies are sent at most `throttle`
+    /// bytes per second per request, if given.
+    pub fn start_seeing(upstream_port: u16, rule: RangeRule, throttle: Option<u64>) -> FaultProxy {
+        let seen = Seen { throttle, ..Seen::default() };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (faults, forwarded, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let (f, fw, st) = (faults.clone(), forwarded.clone(), stop.clone());
+        let seen_here = seen.clone();
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (rule, f, fw) = (rule.clone(), f.clone(), fw.clone());
+                let (rule, f, fw, seen) = (rule.clone(), f.clone(), fw.clone(), seen.clone());
                 thread::spawn(move || {
-                    let _ = serve(conn, upstream_port, &rule, &f, &fw);
+                    let _ = serve(conn, upstream_port, &rule, &f, &fw, &seen);
                 });
             }
         });
-        FaultProxy { port, faults, forwarded, stop }
+        FaultProxy { port, faults, forwarded, seen: seen_here, stop }
     }
 
     pub fn endpoint(&self) -> String {
@@ -103,7 +135,7 @@ fn read_chunked(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn serve(client: TcpStream, upstream_port: u16, rule: &Rule, faults: &AtomicUsize, forwarded: &AtomicUsize) -> std::io::Result<()> {
+fn serve(client: TcpStream, upstream_port: u16, rule: &RangeRule, faults: &AtomicUsize, forwarded: &AtomicUsize, seen: &Seen) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
     loop {
@@ -116,7 +148,12 @@ fn serve(client: TcpStream, upstream_port: u16, rule: &Rule, faults: &AtomicUsiz
         let request_line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
         let mut parts = request_line.split_whitespace();
         let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        match rule(method, target) {
+        let range = String::from_utf8_lossy(&head)
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("range")).map(|(_, v)| v.trim().to_string()));
+        let request = Request { method: method.to_string(), target: target.to_string(), range };
+        seen.requests.lock().unwrap().push(request.clone());
+        match rule(&request) {
             Some(Fault::Status500) => {
                 faults.fetch_add(1, Ordering::SeqCst);
                 let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>injected</Message></Error>";
@@ -131,26 +168,54 @@ fn serve(client: TcpStream, upstream_port: u16, rule: &Rule, faults: &AtomicUsiz
             None => {}
         }
         forwarded.fetch_add(1, Ordering::SeqCst);
-        let mut up = TcpStream::connect(("127.0.0.1", upstream_port))?;
-        up.write_all(&head)?;
-        up.write_all(&body)?;
-        let mut up_reader = BufReader::new(up);
-        let Some((rhead, rlength, rchunked)) = read_head(&mut up_reader)? else { return Ok(()) };
-        let status_has_no_body = method == "HEAD" || rhead.starts_with(b"HTTP/1.1 204") || rhead.starts_with(b"HTTP/1.1 304");
-        let rbody = if status_has_no_body {
-            Vec::new()
-        } else if rchunked {
-            read_chunked(&mut up_reader)?
-        } else if let Some(n) = rlength {
-            let mut b = vec![0; n];
-            up_reader.read_exact(&mut b)?;
-            b
-        } else {
-            let mut b = Vec::new();
-            up_reader.read_to_end(&mut b)?;
-            b
-        };
-        client.write_all(&rhead)?;
-        client.write_all(&rbody)?;
+        let now = seen.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+        seen.max_concurrent.fetch_max(now, Ordering::SeqCst);
+        let result = forward(&mut client, upstream_port, method, &head, &body, seen.throttle);
+        seen.concurrent.fetch_sub(1, Ordering::SeqCst);
+        if !result? {
+            return Ok(());
+        }
     }
+}
+
+/// Sends one request upstream and its answer back to the client; false when the server
+/// closed without answering (the client's connection is closed too).
+fn forward(client: &mut TcpStream, upstream_port: u16, method: &str, head: &[u8], body: &[u8], throttle: Option<u64>) -> std::io::Result<bool> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream_port))?;
+    up.write_all(head)?;
+    up.write_all(body)?;
+    let mut up_reader = BufReader::new(up);
+    let Some((rhead, rlength, rchunked)) = read_head(&mut up_reader)? else { return Ok(false) };
+    let status_has_no_body = method == "HEAD" || rhead.starts_with(b"HTTP/1.1 204") || rhead.starts_with(b"HTTP/1.1 304");
+    let rbody = if status_has_no_body {
+        Vec::new()
+    } else if rchunked {
+        read_chunked(&mut up_reader)?
+    } else if let Some(n) = rlength {
+        let mut b = vec![0; n];
+        up_reader.read_exact(&mut b)?;
+        b
+    } else {
+        let mut b = Vec::new();
+        up_reader.read_to_end(&mut b)?;
+        b
+    };
+    client.write_all(&rhead)?;
+    match throttle {
+        None => client.write_all(&rbody)?,
+        Some(rate) => {
+            // 64 KiB at a time, each after the time the rate allows for what was sent.
+            let start = std::time::Instant::now();
+            let mut sent = 0u64;
+            for chunk in rbody.chunks(64 * 1024) {
+                client.write_all(chunk)?;
+                sent += chunk.len() as u64;
+                let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
+        }
+    }
+    Ok(true)
 }
