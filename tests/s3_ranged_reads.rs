@@ -114,7 +114,7 @@ async fn a_read_longer_than_the_request_timeout_completes() {
 
     // One request for the whole object (parts larger than it): the timeout ends it.
     let err = read(&slow(100), "slow.tar").await.unwrap_err().to_string();
-    assert!(err.contains("reading slow.tar") && err.contains("timed out"), "{err}");
+    assert!(err.contains("took longer than request_timeout (2s) while reading slow.tar") && err.contains("timed out"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

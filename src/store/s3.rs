@@ -281,6 +281,15 @@ pub fn explain(c: &S3Config, e: object_store::Error, doing: &str) -> anyhow::Err
             "the TLS certificate of {} is not trusted while {doing}: give its CA with ca_bundle=PATH (or skip_ssl_verification=true, for testing only)",
             c.endpoint.as_deref().unwrap_or("the S3 endpoint")
         )
+    } else if chain.contains("timed out") && !chain.contains("onnect") {
+        // The connection was made; a request (one part at most) outlasted request_timeout.
+        format!(
+            "a request to the S3 endpoint {} took longer than request_timeout ({}) while {doing} (gave up after retrying): \
+             check the network; on a slow link raise request_timeout (a request carries one part, {} MiB)",
+            c.endpoint.as_deref().unwrap_or("(AWS S3)"),
+            c.request_timeout_duration().map(|d| humantime::format_duration(d).to_string()).unwrap_or_default(),
+            c.part_size_mib.unwrap_or((DEFAULT_PART_SIZE / (1024 * 1024)) as u64)
+        )
     } else if ["error sending request", "Connection refused", "connection error", "tcp connect", "dns error", "timed out", "connection closed"]
         .iter()
         .any(|k| chain.contains(k))
