@@ -192,65 +192,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         let mut metadata = BackupMetadata::default();
         metadata.backup_activity.start_time = bbr_time(started);
 
-        // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
-        // request does. Every level whose lock was attempted is owed its unlock.
-        // Until the unlock, the scripts run under the lock-window ceiling (`locked`).
-        let window = LockWindow::open(ctx, opts.max_lock_window.unwrap_or(DEFAULT_MAX_LOCK_WINDOW));
-        let locked = &window.ctx;
-        let mut locked_levels = 0;
-        let mut lock_window_start = None;
-        if opts.unsafe_lock_free {
-            ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
-        } else {
-            let start = Instant::now();
-            let (attempted, errors) =
-                out.timings.phase(ctx, Phase::Lock, lock_in_order(locked, run_id, dep, &levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
-            record(&mut out.failures, FailureKind::Lock, errors);
-            locked_levels = attempted;
-            lock_window_start = (attempted > 0).then_some(start);
-        }
-
-        // Backup: every job's script as one parallel batch, unless locking failed.
-        let lock_ok = out.failures.is_empty();
-        let mut backup_ok = false;
-        if lock_ok && !locked.cancelled() {
-            let backupable = dep.jobs_where(|j| j.backupable());
-            let errors = out
-                .timings
-                .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
-                    let (inst, job) = dep.job(at);
-                    let slot = dep.backup_slot(at);
-                    let mut env = artifact_env(&inst.artifact_dir(slot.name()));
-                    env.push(run_env(run_id));
-                    let run = inst.run_backup_script(&job.name, slot.name(), &env);
-                    cancellable(locked, timed_script(locked, inst, &job.name, ScriptKind::Backup, run))
-                    .await
-                    .map_err(|e| {
-                        if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
-                    })
-                }))
-                .await;
-            let errors: Vec<_> = errors.into_iter().filter_map(Result::err).collect();
-            backup_ok = errors.is_empty();
-            record(&mut out.failures, FailureKind::General, errors);
-        }
-        window.close(ctx, &mut out.failures);
-
-        // Unlock, always, for every level that was (or may have been) locked; a stop request
-        // does not skip it.
-        if !opts.unsafe_lock_free && locked_levels > 0 {
-            let succeeded = (lock_ok && backup_ok).to_string();
-            let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
-            let errors = out
-                .timings
-                .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, run_id, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
-                .await;
-            record(&mut out.failures, FailureKind::Unlock, errors);
-            out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
-            if let Some(w) = out.timings.lock_window {
-                ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));
-            }
-        }
+        let backup_ok = lock_back_up_unlock(ctx, run_id, dep, &levels, opts, &mut out).await;
 
         // Drain, only after a successful backup (even if unlock failed, as bbr).
         let mut drain_ok = false;
@@ -286,46 +228,7 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
         if complete {
             let finished = Utc::now();
             metadata.backup_activity.finish_time = bbr_time(finished);
-            if let Some(manifest) = &opts.manifest {
-                // The manifest holds the deployment's secrets: encrypted whenever the tars are.
-                let stored = if opts.codec.encrypted() {
-                    crate::store::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
-                } else {
-                    Ok(("manifest.yml", manifest.clone()))
-                };
-                let r = match stored {
-                    Ok((file, bytes)) => writer.put(file, &bytes).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
-                }
-            }
-            // A replica that failed is not an error while enough copies remain: say which.
-            for w in store.warnings() {
-                ctx.warn(w);
-            }
-            let mut marker = CommitMarker {
-                started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                lock_free: opts.unsafe_lock_free,
-                phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
-                lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
-                warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
-                origin: opts.origin.clone(),
-                taken_from: target.location(),
-                ..CommitMarker::new(&dep.name, &name)
-            };
-            marker.set_codec(&opts.codec);
-            let commit = out.timings.phase(ctx, Phase::Commit, super::caught(writer.commit(&metadata, marker.clone()))).await;
-            match commit {
-                Ok(()) if out.failures.has(FailureKind::General) => {}
-                Ok(()) => {
-                    out.marker = Some(CommitMarker { objects: writer.objects(), ..marker });
-                    out.artifact = Some(name.clone());
-                }
-                Err(e) => out.failures.push(FailureKind::General, e.context(format!("committing artifact {name}"))),
-            }
+            commit(ctx, target, store, opts, dep, &writer, (started, finished), &metadata, &mut out).await;
         }
         if out.artifact.is_none() {
             if let Err(e) = writer.discard().await {
@@ -341,6 +244,136 @@ pub async fn backup(ctx: &Ctx, target: &dyn Target, store: &dyn Store, opts: &Ba
     };
     release_lease(ctx, store, &held).await;
     out
+}
+
+/// Lock (levels in order), run every job's backup script, then unlock (levels reversed)
+/// every level whose lock was attempted. Failures go into `out`; true when every backup
+/// script succeeded after a successful lock.
+async fn lock_back_up_unlock(
+    ctx: &Ctx,
+    run_id: &str,
+    dep: &Deployment,
+    levels: &[Vec<JobAt>],
+    opts: &BackupOptions,
+    out: &mut BackupOutcome,
+) -> bool {
+    // Lock. Levels run in order; a failed level does not stop the next (bbr), but a stop
+    // request does. Every level whose lock was attempted is owed its unlock.
+    // Until the unlock, the scripts run under the lock-window ceiling (`locked`).
+    let window = LockWindow::open(ctx, opts.max_lock_window.unwrap_or(DEFAULT_MAX_LOCK_WINDOW));
+    let locked = &window.ctx;
+    let mut locked_levels = 0;
+    let mut lock_window_start = None;
+    if opts.unsafe_lock_free {
+        ctx.warn("--unsafe-lock-free: skipping lock; this backup may be inconsistent");
+    } else {
+        let start = Instant::now();
+        let (attempted, errors) =
+            out.timings.phase(ctx, Phase::Lock, lock_in_order(locked, run_id, dep, levels, ScriptKind::PreBackupLock, Within::Parallel)).await;
+        record(&mut out.failures, FailureKind::Lock, errors);
+        locked_levels = attempted;
+        lock_window_start = (attempted > 0).then_some(start);
+    }
+
+    // Backup: every job's script as one parallel batch, unless locking failed.
+    let lock_ok = out.failures.is_empty();
+    let mut backup_ok = false;
+    if lock_ok && !locked.cancelled() {
+        let backupable = dep.jobs_where(|j| j.backupable());
+        let errors = out
+            .timings
+            .phase(ctx, Phase::Backup, bounded(ctx.max_in_flight, backupable, |at| async move {
+                let (inst, job) = dep.job(at);
+                let slot = dep.backup_slot(at);
+                let mut env = artifact_env(&inst.artifact_dir(slot.name()));
+                env.push(run_env(run_id));
+                let run = inst.run_backup_script(&job.name, slot.name(), &env);
+                cancellable(locked, timed_script(locked, inst, &job.name, ScriptKind::Backup, run))
+                .await
+                .map_err(|e| {
+                    if e.is::<Cancelled>() { e } else { anyhow!("Error attempting to run backup for job {} on {}: {e:#}", job.name, inst.id()) }
+                })
+            }))
+            .await;
+        let errors: Vec<_> = errors.into_iter().filter_map(Result::err).collect();
+        backup_ok = errors.is_empty();
+        record(&mut out.failures, FailureKind::General, errors);
+    }
+    window.close(ctx, &mut out.failures);
+
+    // Unlock, always, for every level that was (or may have been) locked; a stop request
+    // does not skip it.
+    if !opts.unsafe_lock_free && locked_levels > 0 {
+        let succeeded = (lock_ok && backup_ok).to_string();
+        let env = vec![("BBR_AFTER_BACKUP_SCRIPTS_SUCCESSFUL".to_string(), succeeded)];
+        let errors = out
+            .timings
+            .phase(ctx, Phase::Unlock, unlock_in_reverse(ctx, run_id, dep, &levels[..locked_levels], ScriptKind::PostBackupUnlock, &env, Within::Parallel))
+            .await;
+        record(&mut out.failures, FailureKind::Unlock, errors);
+        out.timings.lock_window = lock_window_start.map(|s| s.elapsed());
+        if let Some(w) = out.timings.lock_window {
+            ctx.info(format!("Lock window (API downtime): {:.3}s", w.as_secs_f64()));
+        }
+    }
+    backup_ok
+}
+
+/// Stores the manifest (if asked) and commits the artifact: its metadata, then the marker
+/// that makes it visible. Sets `out.artifact` and `out.marker` when it is complete.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    ctx: &Ctx,
+    target: &dyn Target,
+    store: &dyn Store,
+    opts: &BackupOptions,
+    dep: &Deployment,
+    writer: &ArtifactWriter<'_>,
+    (started, finished): (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+    metadata: &BackupMetadata,
+    out: &mut BackupOutcome,
+) {
+    let name = writer.name().to_string();
+    if let Some(manifest) = &opts.manifest {
+        // The manifest holds the deployment's secrets: encrypted whenever the tars are.
+        let stored = if opts.codec.encrypted() {
+            crate::store::codec::encrypt_bytes(manifest, &opts.codec.recipients).map(|b| ("manifest.yml.age", b))
+        } else {
+            Ok(("manifest.yml", manifest.clone()))
+        };
+        let r = match stored {
+            Ok((file, bytes)) => writer.put(file, &bytes).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            out.failures.push(FailureKind::General, e.context("storing manifest.yml"));
+        }
+    }
+    // A replica that failed is not an error while enough copies remain: say which.
+    for w in store.warnings() {
+        ctx.warn(w);
+    }
+    let mut marker = CommitMarker {
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        lock_free: opts.unsafe_lock_free,
+        phases: out.timings.phases.iter().map(|(k, v)| (k.to_string(), v.as_secs_f64())).collect(),
+        lock_window_seconds: out.timings.lock_window.map(|d| d.as_secs_f64()),
+        warnings: out.failures.0.iter().map(|f| f.to_string()).chain(store.warnings()).collect(),
+        origin: opts.origin.clone(),
+        taken_from: target.location(),
+        ..CommitMarker::new(&dep.name, &name)
+    };
+    marker.set_codec(&opts.codec);
+    let commit = out.timings.phase(ctx, Phase::Commit, super::caught(writer.commit(&metadata, marker.clone()))).await;
+    match commit {
+        Ok(()) if out.failures.has(FailureKind::General) => {}
+        Ok(()) => {
+            out.marker = Some(CommitMarker { objects: writer.objects(), ..marker });
+            out.artifact = Some(name.clone());
+        }
+        Err(e) => out.failures.push(FailureKind::General, e.context(format!("committing artifact {name}"))),
+    }
 }
 
 /// The writer of a new artifact of `deployment`, named after `started`. Artifacts are named
