@@ -76,7 +76,9 @@ pub struct S3Store {
     read_permits: Arc<tokio::sync::Semaphore>,
 }
 
-type PendingAborts = Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>;
+/// A background abort's end; cloned into the store's list and its writer's own.
+type AbortDone = futures::future::Shared<BoxFuture<'static, ()>>;
+type PendingAborts = Arc<std::sync::Mutex<Vec<AbortDone>>>;
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,7 +241,7 @@ impl S3Store {
 
     /// Waits (a bounded time) for the aborts of dropped writers.
     async fn settle(&self) {
-        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pending_aborts.lock().unwrap());
+        let handles: Vec<AbortDone> = std::mem::take(&mut *self.pending_aborts.lock().unwrap());
         if !handles.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(handles)).await;
         }
@@ -377,6 +379,8 @@ enum State {
 
 struct S3Writer {
     pending_aborts: PendingAborts,
+    /// The aborts this writer started (a failed part's), which its own abort waits for.
+    own_aborts: Vec<AbortDone>,
     budget: tokio_util::sync::PollSemaphore,
     /// A place in the store's budget, acquired for the next part.
     permit: Permit,
@@ -423,9 +427,15 @@ impl S3Writer {
     fn track_abort(&mut self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let task = handle.spawn(fut);
+        let done: AbortDone = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
         let mut pending = self.pending_aborts.lock().unwrap();
-        pending.retain(|h| !h.is_finished());
-        pending.push(task);
+        pending.retain(|h| h.peek().is_none());
+        pending.push(done.clone());
+        self.own_aborts.push(done);
     }
 
     /// Hands the full (or, at shutdown, final) buffer to the upload.
@@ -638,8 +648,9 @@ impl ObjectWriter for S3Writer {
 
     async fn abort(mut self: Box<Self>) {
         // An abort a failure already started: wait for it, so the caller knows the bucket
-        // holds nothing of this object when this returns.
-        let started: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pending_aborts.lock().unwrap());
+        // holds nothing of this object when this returns. Only this writer's: another
+        // writer's abort is its own caller's (and the next listing's) to wait for.
+        let started = std::mem::take(&mut self.own_aborts);
         let _ = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(started)).await;
         match std::mem::replace(&mut self.state, State::Finished) {
             State::Starting { fut, .. } => {
@@ -678,6 +689,7 @@ impl Store for S3Store {
             .with_context(|| format!("storing {key} in {}", self.describe()))?;
         Ok(Box::new(S3Writer {
             pending_aborts: self.pending_aborts.clone(),
+            own_aborts: Vec::new(),
             budget: tokio_util::sync::PollSemaphore::new(self.parts_budget.clone()),
             permit: None,
             store: self.inner.clone(),
