@@ -2,12 +2,14 @@
 //! into the instances' staging directories, not in a whole read beforehand. Counted by a
 //! proxy in front of a real S3 server (s3s-fs) that sees every request; a corrupt object is
 //! still refused (nothing locked, nothing left staged), which the instances' own files show.
+//! An object larger than a part is read in ranges: one that keeps failing fails the restore
+//! the same way.
 
 mod s3_support;
 
 use lockstep::frontend::demo::{create_deployment, snapshot};
 use lockstep::model::InstanceId;
-use s3_support::fault_proxy::FaultProxy;
+use s3_support::fault_proxy::{Fault, FaultProxy, Request};
 use s3_support::{S3sFs, REGION};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,7 +36,8 @@ fn counting_proxy(server: &S3sFs) -> (FaultProxy, Gets) {
 }
 
 fn lockstep(server: &S3sFs, proxy: &FaultProxy, deployed: &[(InstanceId, String)], args: &[&str]) -> Output {
-    let url = format!("s3://backups/cf?endpoint={}&use_path_style=true&region_name={REGION}&max_retries=2", proxy.endpoint());
+    // 5 MiB parts (S3's least): an object above that is read in ranges.
+    let url = format!("s3://backups/cf?endpoint={}&use_path_style=true&region_name={REGION}&max_retries=2&part_size_mib=5", proxy.endpoint());
     let mut c = Command::new(env!("CARGO_BIN_EXE_lockstep"));
     c.envs(server.env()).args(["local", "--name", "cf"]);
     for (id, root) in deployed {
@@ -96,13 +99,55 @@ fn a_corrupt_object_found_while_streaming_locks_nothing_and_leaves_nothing() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("Backup is corrupted") && stderr.contains("db-0-postgres.tar (postgres): ./dump.sql has sha256"), "{stderr}");
+    assert_untouched(&stdout, &dst, &before);
+}
+
+#[test]
+fn a_range_that_keeps_failing_fails_the_restore_before_any_lock() {
+    const PART: u64 = 5 * 1024 * 1024;
+    let Some(server) = S3sFs::start() else { return };
+    server.bucket("backups");
+    let tmp = TempDir::new().unwrap();
+    let src = create_deployment(&tmp.path().join("src"), true).unwrap();
+    // 12 MiB in the blobstore: its (uncompressed) object spans three ranges.
+    let blobs = src.iter().find(|(id, _)| id.group == "blobstore").unwrap();
+    std::fs::write(Path::new(&blobs.1).join("var/vcap/store/blobstore/big.bin"), s3_support::pattern(12 << 20, 5)).unwrap();
+    let (plain, _) = counting_proxy(&server);
+    let name = artifact_of(&lockstep(&server, &plain, &src, &["backup", "--compression", "none"]));
+
+    // Every GET of the blobstore's second range fails (a 500 each time, retried, then
+    // given up): the restore must fail with the read, before any lock.
+    let failing = FaultProxy::start_seeing(
+        server.port,
+        Arc::new(|r: &Request| {
+            let second = r.range.as_deref().is_some_and(|x| x.starts_with(&format!("bytes={PART}-")));
+            (r.method == "GET" && r.target.contains("blobstore") && second).then_some(Fault::Status500)
+        }),
+        None,
+    );
+    let dst = create_deployment(&tmp.path().join("dst"), false).unwrap();
+    let before = data(&dst);
+    let out = lockstep(&server, &failing, &dst, &["restore", "--artifact", &name]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("reading") && stderr.contains("blobstore-0-blobstore.tar"), "{stderr}");
+    assert!(failing.faults.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the range was not retried");
+    let first_ranges: Vec<Request> =
+        failing.seen.requests.lock().unwrap().iter().filter(|r| r.range.as_deref() == Some(&format!("bytes=0-{}", PART - 1))).cloned().collect();
+    assert!(first_ranges.iter().any(|r| r.target.contains("blobstore-0-blobstore.tar")), "not read in ranges");
+    assert_untouched(&stdout, &dst, &before);
+}
+
+/// A restore that failed before its lock: no lock or restore script ran (the log), nothing
+/// is staged or locked on any instance, and their data is what it was.
+fn assert_untouched(stdout: &str, dst: &[(InstanceId, String)], before: &[Vec<(String, String)>]) {
     assert!(!stdout.contains("pre-restore-lock") && !stdout.contains("Running restore"), "a lock or restore script ran:\n{stdout}");
-    for (id, root) in &dst {
+    for (id, root) in dst {
         assert!(!Path::new(root).join("var/vcap/store/bbr-backup").exists(), "staging left on {id}");
         let locked: Vec<_> = walk(&Path::new(root).join("var/vcap/data")).into_iter().filter(|p| p.ends_with("locked")).collect();
         assert!(locked.is_empty(), "{id} locked: {locked:?}");
     }
-    assert_eq!(data(&dst), before, "nothing was restored");
+    assert_eq!(data(dst), before, "nothing was restored");
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
