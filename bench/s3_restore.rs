@@ -20,10 +20,11 @@
 //! sha256).
 //!
 //! - **lockstep** (A): the library's `restore_with` of the `zstd` artifact onto the same
-//!   three instances: check the objects, discover, claim, stream every object into its
-//!   staging directory while decompressing and re-hashing every file (against `metadata`,
-//!   the object against `lockstep.json`, and again on the instance), then
-//!   `pre-restore-lock`, `restore`, `post-restore-unlock` one instance at a time, cleanup.
+//!   three instances: check the objects, discover, claim, stream every object (read as
+//!   parallel byte ranges) into its staging directory while decompressing it, hashing it
+//!   against `lockstep.json` and checking its tar structure, the instance re-hashing every
+//!   file it extracted against `metadata`; then `pre-restore-lock`, `restore`,
+//!   `post-restore-unlock` one instance at a time, cleanup.
 //! - **baseline** (B), the restore that verifies nothing, from the `none` artifact (an
 //!   operator's `tar -x` needs no codec; its downloads are bigger by what zstd saves):
 //!   1. `aws s3 cp --recursive s3://bench/lockstep/<none artifact>/ DIR/`
