@@ -26,6 +26,13 @@ pub use metadata::{BackupMetadata, METADATA_FILE};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
+/// A whole object's sha256 as the format records it (`lockstep.json`, platform records):
+/// lowercase hex, as `sha256sum` prints it, so an operator can check an object by hand.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
 /// `cf_20240102T030405Z` for deployment `cf` at that UTC time (bbr's naming).
 pub fn artifact_name(deployment: &str, at: DateTime<Utc>) -> String {
     format!("{deployment}_{}", at.format("%Y%m%dT%H%M%SZ"))

@@ -14,7 +14,7 @@
 //! members as ordinary artifacts and no record, and is never mistaken for a complete one.
 
 use super::marker::{CommitMarker, MARKER_FILE};
-use super::{artifact_name, parse_artifact_name};
+use super::{artifact_name, parse_artifact_name, sha256_hex};
 use crate::store::{self, NotFound, Store};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
@@ -130,10 +130,9 @@ pub fn is_platform_name(name: &str) -> bool {
 /// The sha256 of artifact `name`'s `lockstep.json` as stored; an error when it has none
 /// or it does not parse.
 pub async fn marker_digest(store: &dyn Store, name: &str) -> anyhow::Result<String> {
-    use sha2::{Digest, Sha256};
     let data = store::read_all(store, &format!("{name}/{MARKER_FILE}")).await.with_context(|| format!("{name} is not committed"))?;
     CommitMarker::from_json(&data).with_context(|| format!("artifact {name}"))?;
-    Ok(hex::encode(Sha256::digest(&data)))
+    Ok(sha256_hex(&data))
 }
 
 /// Writes the record: after this the platform backup exists. Refuses to replace a record

@@ -3,7 +3,7 @@
 
 use super::marker::{CommitMarker, StoredObject, MARKER_FILE};
 use super::metadata::{BackupMetadata, METADATA_FILE};
-use super::parse_artifact_name;
+use super::{parse_artifact_name, sha256_hex};
 use super::tar_hash::{Checksums, TarHasher};
 use crate::store::codec::{self, Codec, Identities};
 use crate::store::metered::MeteredReader;
@@ -58,9 +58,8 @@ impl<'s> ArtifactWriter<'s> {
     }
 
     pub async fn put(&self, file: &str, data: &[u8]) -> anyhow::Result<()> {
-        use sha2::{Digest, Sha256};
         let size = store::write_all(self.store, &self.touch(file), data).await?;
-        self.record(file, StoredObject { size, sha256: hex::encode(Sha256::digest(data)) });
+        self.record(file, StoredObject { size, sha256: sha256_hex(data) });
         Ok(())
     }
 
@@ -190,8 +189,7 @@ pub async fn open(store: &dyn Store, name: &str, accept_bbr: bool) -> anyhow::Re
             // The metadata is what every file is checked against: a changed one (an edit, a
             // damaged object) would pass a damaged file, or blame the transfer for it.
             if let Some(recorded) = marker.as_ref().and_then(|m| m.objects.get(METADATA_FILE)) {
-                use sha2::{Digest, Sha256};
-                let sha = hex::encode(Sha256::digest(&data));
+                let sha = sha256_hex(&data);
                 if sha != recorded.sha256 {
                     bail!(
                         "artifact {name} is damaged: its metadata changed since it was written (sha256 {sha}; {MARKER_FILE} says {})",
