@@ -72,8 +72,8 @@ pub struct S3Store {
     /// upload still open in the bucket.
     pending_aborts: PendingAborts,
     parts_budget: Arc<tokio::sync::Semaphore>,
-    /// Ranges being read, across every object being read (see [`super::s3_read`]).
-    read_permits: Arc<tokio::sync::Semaphore>,
+    /// Reads objects as ranges, its permits shared by every object being read.
+    reads: RangedReads,
 }
 
 /// A background abort's end; cloned into the store's list and its writer's own.
@@ -205,10 +205,16 @@ impl S3Store {
         let s3 = Arc::new(b.build().map_err(|e| anyhow!("configuring the S3 store {}: {e}", c.describe()))?);
         let part_size = c.part_size_mib.map(|m| m as usize * 1024 * 1024).unwrap_or(DEFAULT_PART_SIZE);
         let max_parts = c.max_parts.unwrap_or(S3_MAX_PARTS).clamp(1, S3_MAX_PARTS);
+        let reads = RangedReads {
+            store: s3.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT)),
+            part: part_size as u64,
+            ahead: READ_AHEAD,
+        };
         Ok(S3Store { inner: s3.clone(), s3, http, config: c.clone(), part_size, max_parts,
             pending_aborts: Default::default(),
             parts_budget: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT)),
+            reads,
         })
     }
 
@@ -718,8 +724,7 @@ impl Store for S3Store {
 
     async fn open(&self, key: &str) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
         let path = self.path(key)?;
-        let reads = RangedReads { store: self.inner.clone(), permits: self.read_permits.clone(), part: self.part_size as u64, ahead: READ_AHEAD };
-        match reads.open(&path).await {
+        match self.reads.open(&path).await {
             Ok(stream) => {
                 let config = self.config.clone();
                 let key = key.to_string();
