@@ -35,11 +35,7 @@ fn ranges_read(proxy: &FaultProxy, key: &str) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = requests
         .iter()
         .filter(|r| r.method == "GET" && r.target.ends_with(key))
-        .map(|r| {
-            let range = r.range.as_deref().unwrap_or_else(|| panic!("a GET without a range: {r:?}"));
-            let (a, b) = range.strip_prefix("bytes=").and_then(|x| x.split_once('-')).unwrap();
-            (a.parse().unwrap(), b.parse().unwrap())
-        })
+        .map(|r| range_of(r).unwrap_or_else(|| panic!("a GET without a range: {r:?}")))
         .collect();
     out.sort();
     out
@@ -52,8 +48,14 @@ async fn read(store: &dyn Store, key: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A request's `Range: bytes=A-B`, as (A, B).
+fn range_of(r: &Request) -> Option<(u64, u64)> {
+    let (a, b) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 fn range_start(r: &Request) -> Option<u64> {
-    r.range.as_deref()?.strip_prefix("bytes=")?.split('-').next()?.parse().ok()
+    range_of(r).map(|(a, _)| a)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

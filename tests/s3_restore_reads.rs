@@ -93,13 +93,8 @@ fn a_corrupt_object_found_while_streaming_locks_nothing_and_leaves_nothing() {
     bytes[1024] ^= 0x55;
     std::fs::write(&obj, bytes).unwrap();
 
-    let dst = create_deployment(&tmp.path().join("dst"), false).unwrap();
-    let before = data(&dst);
-    let out = lockstep(&server, &proxy, &dst, &["restore", "--artifact", &name]);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let stderr = restore_fails_untouched(&server, &proxy, tmp.path(), &name);
     assert!(stderr.contains("Backup is corrupted") && stderr.contains("db-0-postgres.tar (postgres): ./dump.sql has sha256"), "{stderr}");
-    assert_untouched(&stdout, &dst, &before);
 }
 
 #[test]
@@ -125,29 +120,31 @@ fn a_range_that_keeps_failing_fails_the_restore_before_any_lock() {
         }),
         None,
     );
-    let dst = create_deployment(&tmp.path().join("dst"), false).unwrap();
-    let before = data(&dst);
-    let out = lockstep(&server, &failing, &dst, &["restore", "--artifact", &name]);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let stderr = restore_fails_untouched(&server, &failing, tmp.path(), &name);
     assert!(stderr.contains("reading") && stderr.contains("blobstore-0-blobstore.tar"), "{stderr}");
     assert!(failing.faults.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the range was not retried");
-    let first_ranges: Vec<Request> =
-        failing.seen.requests.lock().unwrap().iter().filter(|r| r.range.as_deref() == Some(&format!("bytes=0-{}", PART - 1))).cloned().collect();
-    assert!(first_ranges.iter().any(|r| r.target.contains("blobstore-0-blobstore.tar")), "not read in ranges");
-    assert_untouched(&stdout, &dst, &before);
+    let first_range = Some(format!("bytes=0-{}", PART - 1));
+    let ranged = failing.seen.requests.lock().unwrap().iter().any(|r| r.range == first_range && r.target.contains("blobstore-0-blobstore.tar"));
+    assert!(ranged, "not read in ranges");
 }
 
-/// A restore that failed before its lock: no lock or restore script ran (the log), nothing
-/// is staged or locked on any instance, and their data is what it was.
-fn assert_untouched(stdout: &str, dst: &[(InstanceId, String)], before: &[Vec<(String, String)>]) {
+/// Restores artifact `name` into a fresh deployment under `base/dst`, which must fail
+/// (exit 1) before its lock: no lock or restore script ran (the log), nothing is staged or
+/// locked on any instance, and their data is what it was. Returns the restore's stderr.
+fn restore_fails_untouched(server: &S3sFs, proxy: &FaultProxy, base: &Path, name: &str) -> String {
+    let dst = create_deployment(&base.join("dst"), false).unwrap();
+    let before = data(&dst);
+    let out = lockstep(server, proxy, &dst, &["restore", "--artifact", name]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(!stdout.contains("pre-restore-lock") && !stdout.contains("Running restore"), "a lock or restore script ran:\n{stdout}");
-    for (id, root) in dst {
+    for (id, root) in &dst {
         assert!(!Path::new(root).join("var/vcap/store/bbr-backup").exists(), "staging left on {id}");
         let locked: Vec<_> = walk(&Path::new(root).join("var/vcap/data")).into_iter().filter(|p| p.ends_with("locked")).collect();
         assert!(locked.is_empty(), "{id} locked: {locked:?}");
     }
-    assert_eq!(data(dst), before, "nothing was restored");
+    assert_eq!(data(&dst), before, "nothing was restored");
+    stderr
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
